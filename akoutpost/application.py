@@ -1,0 +1,384 @@
+# -*- test-case-name: tests.test_application -*-
+"""
+One provider of an outpost at work: its login endpoints and its proxy mode.
+
+Requests arrive here after the outpost chose the provider by host.  The login
+round trip is C{/start} (check C{rd}, mint a signed state bound to the browser,
+redirect to the provider) then the callback (redeem the state once, exchange
+the code, verify the id token, mint a fresh session) then back to the page the
+user wanted.  C{sign_out} ends every session of the user in the outpost.
+Everything else in proxy mode goes upstream when the request is signed in or
+its path is allowed without login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from akoutpost.config import ProviderConfig
+from akoutpost.headers import IdentityContext, applyHeaders, identityHeaders
+from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
+from akoutpost.pages import renderPage
+from akoutpost.proxy import UpstreamProxy
+from akoutpost.redirect import checkRedirect
+from akoutpost.session import CookieSigner, Session, SessionStore
+from akoutpost.state import STATE_LIFETIME, InvalidState, LoginStates
+from akoutpost.tokens import TokenError
+
+OUTPOST_PREFIX = "/outpost.goauthentik.io"
+CALLBACK_SIGNATURE = "X-authentik-auth-callback"
+LOGOUT_SIGNATURE = "X-authentik-logout"
+
+
+def _derive(secret: bytes, purpose: str) -> bytes:
+    return hmac.new(secret, purpose.encode("ascii"), hashlib.sha256).digest()
+
+
+def _queryArgs(uri: bytes) -> dict[str, list[str]]:
+    query = uri.partition(b"?")[2].decode("latin-1")
+    return parse_qs(query, keep_blank_values=True)
+
+
+def _first(args: Mapping[str, list[str]], name: str) -> str | None:
+    values = args.get(name)
+    return values[0] if values else None
+
+
+def _signature(args: Mapping[str, list[str]], name: str) -> bool:
+    value = _first(args, name)
+    return value is not None and value.lower() == "true"
+
+
+_SEGMENT_PARAMS = re.compile(r";.*$")
+
+
+def allowlistPath(rawPath: bytes) -> str | None:
+    """
+    The decoded path that C{skip_path_regex} is matched against, or L{None}
+    when the path is ambiguous and must never be let through without login.
+
+    Ambiguous means that servers may read it as another path than its
+    characters say: dot segments (also percent-encoded, also behind C{;}
+    parameters, also double-encoded), empty segments, encoded slashes,
+    backslashes and control characters.
+    """
+    text = rawPath.decode("latin-1")
+    if "\\" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return None
+    lowered = text.lower()
+    if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
+        return None
+    decoded = unquote(text, encoding="utf-8", errors="replace")
+    for candidate in (decoded, unquote(decoded, encoding="utf-8", errors="replace")):
+        if "\\" in candidate or any(ord(c) < 0x20 for c in candidate):
+            return None
+        segments = candidate.split("/")
+        if not candidate.startswith("/") or "" in segments[1:-1]:
+            return None
+        for segment in segments:
+            if _SEGMENT_PARAMS.sub("", segment) in (".", ".."):
+                return None
+    return decoded
+
+
+def wantsRedirect(request: Request) -> bool:
+    """
+    Whether an anonymous request can follow a login redirect: a GET or HEAD
+    from a browser page load, not a script.
+    """
+    if request.method not in (b"GET", b"HEAD"):
+        return False
+    if (request.getHeader(b"x-requested-with") or b"").lower() == b"xmlhttprequest":
+        return False
+    return b"text/html" in (request.getHeader(b"accept") or b"").lower()
+
+
+class Application:
+    """
+    A provider of an outpost: its config, its OpenID client, and the shared
+    session store of its outpost.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        outpostName: str,
+        store: SessionStore,
+        oidc: OpenIDClient,
+        clock: IReactorTime,
+        proxy: UpstreamProxy | None,
+        isTrusted: Any,
+    ) -> None:
+        self.config = config
+        self.outpostName = outpostName
+        self.store = store
+        self.oidc = oidc
+        self.clock = clock
+        self.proxy = proxy
+        self.isTrusted = isTrusted
+        self.key = f"{config.outpost}/{config.index}/{config.client_id}"
+        secret = config.cookie_secret.encode("utf-8") if config.cookie_secret else secrets.token_bytes(32)
+        self.sessionCookie = CookieSigner(_derive(secret, "session"), config.cookieName)
+        self.loginCookie = CookieSigner(_derive(secret, "login"), config.cookieName + "_login")
+        self.states = LoginStates(_derive(secret, "state"), self.key, clock)
+        self.origin = f"{config.externalScheme}://{config.externalHostKey}"
+        self.base = self.origin + config.externalPath
+        self.redirectUri = f"{self.base}{OUTPOST_PREFIX}/callback?{CALLBACK_SIGNATURE}=true"
+        self.secure = config.externalScheme == "https"
+
+    # Dispatch
+
+    def render(self, request: Request) -> bytes | int:
+        path = request.uri.partition(b"?")[0].decode("latin-1")
+        args = _queryArgs(request.uri)
+        if _signature(args, CALLBACK_SIGNATURE):
+            return self.callback(request, args)
+        if _signature(args, LOGOUT_SIGNATURE):
+            return self.signOut(request)
+        prefix = self.config.externalPath
+        relative = path[len(prefix):] if prefix and path.startswith(prefix + "/") else path
+        if relative == f"{OUTPOST_PREFIX}/start":
+            return self.start(request, args)
+        if relative == f"{OUTPOST_PREFIX}/callback":
+            return self.callback(request, args)
+        if relative == f"{OUTPOST_PREFIX}/sign_out":
+            return self.signOut(request)
+        if self.config.mode == "proxy" and self.proxy is not None:
+            return self.proxyRequest(request)
+        return renderPage(request, 404, "Not Found", "Nothing is served at this address.")
+
+    # Sessions
+
+    def currentSession(self, request: Request) -> Session | None:
+        """
+        The live session the request's cookie names, or L{None} for a missing,
+        malformed, forged, expired or unknown cookie.
+        """
+        sessionId = self.sessionCookie.unsign(request.getCookie(self.config.cookieName.encode("ascii")))
+        if sessionId is None:
+            return None
+        return self.store.get(sessionId, self.key)
+
+    def _setCookie(self, request: Request, name: str, value: str, maxAge: int) -> None:
+        parts = [f"{name}={value}", "Path=/", f"Max-Age={maxAge}", "HttpOnly", "SameSite=Lax"]
+        if self.config.cookie_domain:
+            parts.append(f"Domain={self.config.cookie_domain}")
+        if self.secure:
+            parts.append("Secure")
+        if maxAge <= 0:
+            parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        request.responseHeaders.addRawHeader(b"set-cookie", "; ".join(parts).encode("ascii"))
+
+    def _redirect(self, request: Request, location: str) -> bytes:
+        request.setResponseCode(302)
+        request.setHeader(b"location", location.encode("utf-8"))
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b""
+
+    # /start
+
+    def start(self, request: Request, args: Mapping[str, list[str]]) -> bytes:
+        """
+        Begin a login: redirect to the provider with a fresh state, nonce and
+        PKCE challenge.
+        """
+        redirect = checkRedirect(_first(args, "rd"), self.config) or ""
+        binding = self.loginCookie.unsign(request.getCookie(self.loginCookie.cookieName.encode("ascii")))
+        if binding is None:
+            binding = secrets.token_urlsafe(24)
+        state, pending = self.states.mint(redirect, binding)
+        try:
+            url = self.oidc.authorizationURL(
+                self.redirectUri, state, pending.nonce, pending.codeChallenge, self.config.scopes
+            )
+        except ProviderUnavailable:
+            return self._unavailable(request)
+        self._setCookie(request, self.loginCookie.cookieName, self.loginCookie.sign(binding), int(STATE_LIFETIME))
+        return self._redirect(request, url)
+
+    def _unavailable(self, request: Request) -> bytes:
+        request.setHeader(b"retry-after", b"10")
+        return renderPage(
+            request,
+            503,
+            "Login unavailable",
+            "The login provider cannot be reached right now. Please try again in a moment.",
+        )
+
+    # callback
+
+    def callback(self, request: Request, args: Mapping[str, list[str]]) -> bytes | int:
+        """
+        Finish a login: redeem the state once, exchange the code, verify the
+        id token and mint a brand-new session.
+        """
+        restart = (self.base + "/", "Start again")
+        error = _first(args, "error")
+        if error is not None:
+            description = _first(args, "error_description") or ""
+            self.log.info("{provider}: the provider refused the login: {error}", provider=self.config.name, error=error)
+            status = 403 if error == "access_denied" else 400
+            message = f"The login provider refused the login ({error})."
+            if description:
+                message += f" {description}"
+            return renderPage(request, status, "Login refused", message, restart)
+        binding = self.loginCookie.unsign(request.getCookie(self.loginCookie.cookieName.encode("ascii")))
+        try:
+            pending = self.states.redeem(_first(args, "state"), binding)
+        except InvalidState as e:
+            self.log.info("{provider}: rejected login callback: {reason}", provider=self.config.name, reason=str(e))
+            return renderPage(request, 400, "Invalid login", "This login link is invalid or has expired.", restart)
+        code = _first(args, "code")
+        if not code:
+            return renderPage(request, 400, "Invalid login", "The login provider sent no authorization code.", restart)
+        if not self.oidc.ready:
+            return self._unavailable(request)
+        finished = [False]
+        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+        d = self.oidc.redeem(code, self.redirectUri, pending.codeVerifier, pending.nonce)
+
+        def succeeded(result: LoginResult) -> None:
+            if finished[0]:
+                return
+            lifetime = min(result.lifetime, self.config.access_token_validity)
+            if lifetime <= 0:
+                raise TokenError("the tokens have already expired")
+            old = self.sessionCookie.unsign(request.getCookie(self.config.cookieName.encode("ascii")))
+            if old is not None:
+                self.store.remove(old)
+            session = self.store.create(self.key, result.claims, result.rawToken, result.idToken, lifetime)
+            self.log.info(
+                "{provider}: {user} signed in", provider=self.config.name, user=session.claims.get("preferred_username") or session.sub
+            )
+            self._setCookie(request, self.config.cookieName, self.sessionCookie.sign(session.sessionId), int(lifetime))
+            self._setCookie(request, self.loginCookie.cookieName, "", 0)
+            request.write(self._redirect(request, pending.redirect or self.base + "/"))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if finished[0]:
+                return
+            self.log.warn(
+                "{provider}: login failed: {reason}", provider=self.config.name, reason=failure.getErrorMessage()
+            )
+            if failure.check(TokenError):
+                body = renderPage(request, 400, "Login failed", "The login could not be verified.", restart)
+            else:
+                body = renderPage(
+                    request, 502, "Login failed", "The login provider's answer could not be used.", restart
+                )
+            request.write(body)
+            request.finish()
+
+        d.addCallback(succeeded)
+        d.addErrback(failed)
+        return NOT_DONE_YET
+
+    # sign_out
+
+    def signOut(self, request: Request) -> bytes:
+        """
+        End every session of this user in the outpost, clear the cookie, and
+        send the browser to the provider's end-session endpoint.
+        """
+        session = self.currentSession(request)
+        idToken = ""
+        if session is not None:
+            ended = self.store.logoutSubject(session.sub)
+            idToken = session.idToken
+            self.log.info(
+                "{provider}: {user} signed out ({count} sessions ended in outpost {outpost})",
+                provider=self.config.name,
+                user=session.claims.get("preferred_username") or session.sub,
+                count=ended,
+                outpost=self.outpostName,
+            )
+        self._setCookie(request, self.config.cookieName, "", 0)
+        target = self.oidc.endSessionURL(idToken) or self.base + "/"
+        return self._redirect(request, target)
+
+    # proxy mode
+
+    def identityContext(self) -> IdentityContext:
+        metadata = self.oidc.metadata
+        return IdentityContext(
+            outpostName=self.outpostName,
+            providerName=self.config.name,
+            appSlug=self.config.app_slug,
+            jwksUri=metadata.jwksUri if metadata is not None else "",
+            basicAuthEnabled=self.config.basic_auth_enabled,
+            basicAuthUserAttribute=self.config.basic_auth_user_attribute,
+            basicAuthPasswordAttribute=self.config.basic_auth_password_attribute,
+        )
+
+    def isAllowlisted(self, request: Request) -> bool:
+        """
+        Whether C{skip_path_regex} lets this request through without login;
+        matched against the decoded path only, never the query.
+        """
+        if not self.config.skip_path_regex:
+            return False
+        path = allowlistPath(request.uri.partition(b"?")[0])
+        if path is None:
+            return False
+        return any(pattern.search(path) for pattern in self.config.skip_path_regex)
+
+    def proxyRequest(self, request: Request) -> bytes | int:
+        assert self.proxy is not None
+        originalHost = request.getHeader(b"host") or b""
+        trusted = self.isTrusted(request)
+        session = self.currentSession(request)
+        if session is not None:
+            applyHeaders(request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext()))
+            request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
+            origin, host = self._override(session, originalHost)
+            return self.proxy.forward(request, origin=origin, host=host, trustedPeer=trusted)
+        if self.isAllowlisted(request):
+            request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
+            return self.proxy.forward(request, trustedPeer=trusted)
+        if self.config.intercept_header_auth and request.requestHeaders.hasHeader(b"authorization"):
+            return renderPage(
+                request,
+                401,
+                "Unauthenticated",
+                "Due to 'Receive header authentication' being set, no redirect is performed.",
+            )
+        if wantsRedirect(request):
+            rd = self.origin + request.uri.decode("latin-1")
+            return self._redirect(request, f"{self.base}{OUTPOST_PREFIX}/start?rd={quote(rd, safe='')}")
+        request.setHeader(b"www-authenticate", b'Bearer realm="akoutpost"')
+        return renderPage(request, 401, "Unauthenticated", "Sign in to use this application.", (self.base + "/", "Sign in"))
+
+    def _override(self, session: Session, originalHost: bytes) -> tuple[bytes | None, bytes | None]:
+        proxyClaims = session.claims.get("ak_proxy")
+        if not isinstance(proxyClaims, dict):
+            return None, None
+        origin = None
+        override = proxyClaims.get("backend_override")
+        if isinstance(override, str) and override:
+            try:
+                parts = urlsplit(override)
+                parts.port
+            except ValueError:
+                parts = None
+            if parts is not None and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc:
+                origin = f"{parts.scheme}://{parts.netloc}".encode("ascii", "ignore")
+            else:
+                self.log.warn("{provider}: ignoring invalid backend_override {value!r}", provider=self.config.name, value=override)
+        hostHeader = proxyClaims.get("host_header")
+        host = hostHeader.encode("ascii", "ignore") if isinstance(hostHeader, str) and hostHeader else None
+        return origin, host

@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+The identity headers the outpost passes upstream, and the removal of every
+client-sent copy of them.
+
+Names follow authentik's outpost: C{X-authentik-username}, C{-groups}
+(pipe-joined), C{-entitlements}, C{-email}, C{-name}, C{-uid}, C{-jwt},
+C{-meta-jwks}, C{-meta-outpost}, C{-meta-provider}, C{-meta-app},
+C{-meta-version}; then basic auth from user attributes when enabled, then
+C{additionalHeaders} from C{ak_proxy.user_attributes}, applied last.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.web.http_headers import Headers
+
+from akoutpost import __version__
+
+#: The value of C{X-authentik-meta-version}.
+VERSION_HEADER_VALUE = f"goauthentik.io/outpost/{__version__}+akoutpost"
+
+#: Every identity header, in the order they are set; forward-auth answers
+#: carry all of them, empty when anonymous.
+IDENTITY_HEADERS = (
+    "X-authentik-username",
+    "X-authentik-groups",
+    "X-authentik-entitlements",
+    "X-authentik-email",
+    "X-authentik-name",
+    "X-authentik-uid",
+    "X-authentik-jwt",
+    "X-authentik-meta-jwks",
+    "X-authentik-meta-outpost",
+    "X-authentik-meta-provider",
+    "X-authentik-meta-app",
+    "X-authentik-meta-version",
+)
+
+# Headers a client must never be able to set for the upstream, whatever their
+# case and whether spelled with "-" or "_".
+_PROTECTED_PREFIXES = (b"x-authentik-",)
+# Underscore spellings of forwarding headers are dropped: some servers treat
+# them as the hyphenated header (CVE-2026-39858 in Traefik).
+_UNDERSCORE_ALIASES = (b"x-forwarded-", b"x-original-", b"x-real-ip", b"x-authentik-")
+_TOKEN = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True)
+class IdentityContext:
+    """
+    The per-provider facts every identity header set needs.
+    """
+
+    outpostName: str
+    providerName: str
+    appSlug: str
+    jwksUri: str
+    basicAuthEnabled: bool = False
+    basicAuthUserAttribute: str = ""
+    basicAuthPasswordAttribute: str = ""
+
+
+def isSpoofable(name: bytes) -> bool:
+    """
+    Whether a client-sent header name must be removed before the request goes
+    anywhere: an identity header in any case or spelling, or an underscore
+    alias of a forwarding header.
+    """
+    lower = name.lower()
+    hyphenated = lower.replace(b"_", b"-")
+    if hyphenated.startswith(_PROTECTED_PREFIXES):
+        return True
+    return b"_" in lower and hyphenated.startswith(_UNDERSCORE_ALIASES)
+
+
+def stripSpoofable(headers: Headers) -> None:
+    """
+    Remove every spoofable header from C{headers}, in place.
+    """
+    for name in [n for n, _ in headers.getAllRawHeaders() if isSpoofable(n)]:
+        headers.removeHeader(name)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return ""
+
+
+def _joined(value: object) -> str:
+    if isinstance(value, list):
+        return "|".join(v for v in value if isinstance(v, str))
+    return ""
+
+
+def _userAttributes(claims: Mapping[str, Any]) -> Mapping[str, Any]:
+    proxy = claims.get("ak_proxy")
+    if not isinstance(proxy, dict):
+        return {}
+    attributes = proxy.get("user_attributes")
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def _safeValue(value: str) -> str:
+    # Header values can not carry line breaks; Twisted would also refuse them.
+    return value.replace("\r", " ").replace("\n", " ")
+
+
+def identityHeaders(claims: Mapping[str, Any] | None, rawToken: str, context: IdentityContext) -> list[tuple[str, str]]:
+    """
+    The identity headers for a signed-in user, or the same names with empty
+    values (and the meta headers) for an anonymous one.
+
+    @return: C{(name, value)} pairs; a later pair with the same name (case
+        insensitively) replaces an earlier one.
+    """
+    claims = claims or {}
+    values = [
+        _text(claims.get("preferred_username")),
+        _joined(claims.get("groups")),
+        _joined(claims.get("entitlements")),
+        _text(claims.get("email")),
+        _text(claims.get("name")),
+        _text(claims.get("sub")),
+        rawToken if claims else "",
+        context.jwksUri,
+        context.outpostName,
+        context.providerName,
+        context.appSlug,
+        VERSION_HEADER_VALUE,
+    ]
+    result = [(name, _safeValue(value)) for name, value in zip(IDENTITY_HEADERS, values)]
+    if not claims:
+        return result
+    attributes = _userAttributes(claims)
+    if context.basicAuthEnabled and "ak_proxy" in claims:
+        password = attributes.get(context.basicAuthPasswordAttribute)
+        user = attributes.get(context.basicAuthUserAttribute) if context.basicAuthUserAttribute else None
+        if not isinstance(user, str) or not user:
+            user = _text(claims.get("email"))
+        if isinstance(password, str) and password:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            result.append(("Authorization", f"Basic {token}"))
+    extra = attributes.get("additionalHeaders")
+    if isinstance(extra, dict):
+        for name, value in extra.items():
+            if isinstance(name, str) and _TOKEN.match(name) and "_" not in name:
+                result.append((name, _safeValue(_text(value))))
+    return result
+
+
+def applyHeaders(headers: Headers, pairs: list[tuple[str, str]]) -> None:
+    """
+    Set C{pairs} on C{headers}, each replacing any existing value.
+    """
+    for name, value in pairs:
+        headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])

@@ -1,0 +1,168 @@
+# -*- test-case-name: tests.test_outpost -*-
+"""
+One outpost: its providers, its session store, and the root resource of its
+listeners, which picks the provider by the request's host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from akoutpost.application import OUTPOST_PREFIX, Application
+from akoutpost.config import OutpostConfig
+from akoutpost.headers import stripSpoofable
+from akoutpost.oidc import OpenIDClient
+from akoutpost.pages import renderPage
+from akoutpost.proxy import UpstreamProxy
+from akoutpost.redirect import hostKey
+from akoutpost.session import SessionStore
+
+_PING = f"{OUTPOST_PREFIX}/ping".encode("ascii")
+_MAX_HOST = 1024
+
+
+def requestHostKey(host: bytes) -> str | None:
+    """
+    The canonical key of a C{Host} header value, or L{None} when it is not a
+    plausible host.
+    """
+    if not host or len(host) > _MAX_HOST:
+        return None
+    try:
+        text = host.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        hostname, rest = text[1:end], text[end + 1 :]
+    else:
+        hostname, _, port = text.partition(":")
+        rest = ":" + port if _ else ""
+    if rest and (not rest.startswith(":") or not rest[1:].isdigit()):
+        return None
+    if not hostname or any(c in hostname for c in "/\\@ \t?#"):
+        return None
+    port = int(rest[1:]) if rest else None
+    return hostKey("", hostname, port)
+
+
+class Outpost:
+    """
+    The running state of one outpost: every provider's L{Application} and the
+    one session store they share.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: OutpostConfig,
+        clock: IReactorTime,
+        upstreamAgent: IAgent,
+        providerAgent: IAgent,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = SessionStore(clock)
+        self.applications: dict[str, Application] = {}
+        for provider in config.providers:
+            client = OpenIDClient(
+                provider.issuer,
+                provider.client_id,
+                provider.client_secret,
+                providerAgent,
+                clock,
+                label=f"outpost {config.key!r}, provider {provider.name!r}",
+            )
+            proxy = None
+            if provider.mode == "proxy":
+                proxy = UpstreamProxy(provider.internal_host, upstreamAgent, clock)
+            self.applications[provider.externalHostKey] = Application(
+                provider, config.name, self.store, client, clock, proxy, self.isTrusted
+            )
+
+    @property
+    def oidcClients(self) -> Sequence[OpenIDClient]:
+        return [app.oidc for app in self.applications.values()]
+
+    def isTrusted(self, request: Request) -> bool:
+        """
+        Whether the request's TCP peer is one of the outpost's trusted proxies.
+        """
+        peer = getattr(request.getClientAddress(), "host", None)
+        if not isinstance(peer, str):
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.config.trusted_proxies)
+
+    def applicationFor(self, request: Request) -> Application | None:
+        """
+        The provider whose external host (exact host and port; a default
+        port may be spelled out) is the request's C{Host}.
+        """
+        key = requestHostKey(request.getHeader(b"host") or b"")
+        if key is None:
+            return None
+        app = self.applications.get(key)
+        if app is None:
+            hostname, _, port = key.rpartition(":")
+            if hostname:
+                candidate = self.applications.get(hostname)
+                default = {"http": "80", "https": "443"}
+                if candidate is not None and default.get(candidate.config.externalScheme) == port:
+                    app = candidate
+        return app
+
+    def site(self, siteFactory: Callable[..., Site] = Site) -> Site:
+        site = siteFactory(OutpostResource(self))
+        site.displayTracebacks = False
+        return site
+
+
+class OutpostResource(Resource):
+    """
+    The root of every listener of an outpost.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, outpost: Outpost) -> None:
+        super().__init__()
+        self.outpost = outpost
+
+    def render(self, request: Request) -> bytes | int:
+        stripSpoofable(request.requestHeaders)
+        path = request.uri.partition(b"?")[0]
+        if path == _PING:
+            request.setResponseCode(204)
+            return b""
+        if not request.uri.startswith(b"/"):
+            return renderPage(request, 400, "Bad Request", "The request target must be a path.")
+        app = self.outpost.applicationFor(request)
+        if app is None:
+            host = (request.getHeader(b"host") or b"").decode("latin-1")[:200]
+            return renderPage(
+                request,
+                400,
+                "No application for this host",
+                f"No provider of this outpost serves the host '{host}'. "
+                "Check the outpost settings and make sure it is an external host.",
+            )
+        try:
+            return app.render(request)
+        except Exception:
+            self.log.failure("error while handling {uri}", uri=request.uri.decode("latin-1")[:200])
+            return renderPage(request, 500, "Internal Server Error", "The outpost could not handle this request.")

@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The upstream side of proxy mode: a L{ReverseProxyResource} that sends through
+a pooled L{twisted.web.client.Agent}.
+
+The stock resource speaks HTTP/1.0 over one connection per request, merges
+repeated headers, re-encodes paths and answers 200 when the upstream resets
+(see the project notes, section 1).  This subclass keeps the class the user
+asked for but replaces its transport: HTTP/1.1 over a persistent pool, the raw
+request path and query byte for byte, every repeated header, hop-by-hop
+headers removed both ways, the response streamed with backpressure, and a 502
+or 504 page when the upstream fails.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
+from twisted.web.server import NOT_DONE_YET, Request
+
+from akoutpost.pages import renderPage
+
+with warnings.catch_warnings():
+    # twisted.web.proxy imports the deprecated HTTPClient; we only subclass
+    # ReverseProxyResource and never use that client.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from twisted.web.proxy import ReverseProxyResource
+
+#: Headers that describe one connection, not the message (RFC 9110 7.6.1),
+#: plus those twisted.web or the Agent computes itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"expect",
+    }
+)
+
+DEFAULT_RESPONSE_TIMEOUT = 60.0
+
+
+def _connectionTokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool) -> Headers:
+    """
+    The headers to send upstream for C{request}: every end-to-end header in
+    order with repeats kept, C{Host}, and C{X-Forwarded-For}/C{-Proto}.
+
+    @param trustedPeer: Whether the peer is a trusted proxy whose
+        C{X-Forwarded-For} is appended to rather than replaced.
+    """
+    incoming = request.requestHeaders
+    drop = HOP_BY_HOP | _connectionTokens(incoming) | {b"x-forwarded-for", b"x-forwarded-proto"}
+    headers = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        if name.lower() not in drop:
+            headers.setRawHeaders(name, list(values))
+    headers.setRawHeaders(b"host", [host])
+    peer = request.getClientAddress()
+    peerHost = getattr(peer, "host", None)
+    chain = []
+    if trustedPeer:
+        chain = [v for v in incoming.getRawHeaders(b"x-forwarded-for", []) if v.strip()]
+    if isinstance(peerHost, str):
+        chain.append(peerHost.encode("ascii"))
+    if chain:
+        headers.setRawHeaders(b"x-forwarded-for", [b", ".join(chain)])
+    proto = incoming.getRawHeaders(b"x-forwarded-proto") if trustedPeer else None
+    if proto:
+        headers.setRawHeaders(b"x-forwarded-proto", proto[-1:])
+    else:
+        headers.setRawHeaders(b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"])
+    return headers
+
+
+def _hasBody(request: Request) -> bool:
+    length = request.requestHeaders.getRawHeaders(b"content-length")
+    if length:
+        return length[0].strip() not in (b"", b"0")
+    return request.requestHeaders.hasHeader(b"transfer-encoding")
+
+
+class _BodyRelay(Protocol):
+    """
+    Passes an upstream response body to the client as it arrives, pausing the
+    upstream while the client's buffer is full.
+    """
+
+    def __init__(self, request: Request, done: defer.Deferred[None]) -> None:
+        self.request = request
+        self.done = done
+        self.clientGone = False
+
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.clientGone:
+            self.request.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if not self.clientGone:
+            self.request.unregisterProducer()
+            if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
+                self.request.finish()
+            else:
+                # The upstream broke off mid-body: make the truncation
+                # visible to the client instead of finishing cleanly.
+                self.request.channel.transport.abortConnection()  # type: ignore[union-attr]
+        self.done.callback(None)
+
+
+class UpstreamProxy(ReverseProxyResource):
+    """
+    Proxies every request it renders to one upstream origin.
+
+    @ivar origin: C{scheme://host[:port]} of the upstream, as bytes; the
+        request's raw path and query are appended unchanged.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        origin: str,
+        agent: IAgent,
+        clock: IReactorTime,
+        responseTimeout: float = DEFAULT_RESPONSE_TIMEOUT,
+        cooperator: Any = task,
+    ) -> None:
+        parts = urlsplit(origin)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ReverseProxyResource.__init__(self, parts.hostname or "", port, b"", reactor=clock)
+        self.origin = f"{parts.scheme}://{parts.netloc}".encode("ascii")
+        self.agent = agent
+        self.clock = clock
+        self.responseTimeout = responseTimeout
+        self.cooperator = cooperator
+
+    def getChild(self, path: bytes, request: Request) -> UpstreamProxy:
+        return self
+
+    def render(self, request: Request) -> int:
+        return self.forward(request)
+
+    def forward(
+        self,
+        request: Request,
+        origin: bytes | None = None,
+        host: bytes | None = None,
+        trustedPeer: bool = False,
+    ) -> int:
+        """
+        Send C{request} upstream and relay the answer.
+
+        @param origin: Another upstream for this request (a session's
+            C{backend_override}).
+        @param host: The C{Host} to send; defaults to the client's.
+        """
+        target = (origin or self.origin) + request.uri
+        sendHost = host or request.getHeader(b"host") or self.origin.split(b"://", 1)[1]
+        headers = upstreamHeaders(request, sendHost, trustedPeer)
+        body = None
+        if _hasBody(request):
+            request.content.seek(0)
+            body = FileBodyProducer(request.content, cooperator=self.cooperator)
+        request.defaultContentType = None  # type: ignore[assignment]
+        clientGone = [False]
+        d = self.agent.request(request.method, target, headers, body)
+        d.addTimeout(self.responseTimeout, self.clock)
+
+        def lost(_: Any) -> None:
+            clientGone[0] = True
+            d.cancel()
+
+        request.notifyFinish().addErrback(lost)
+        d.addCallback(self._gotResponse, request, clientGone)
+        d.addErrback(self._failed, request, target, clientGone)
+        return NOT_DONE_YET
+
+    def _gotResponse(self, response: IResponse, request: Request, clientGone: list[bool]) -> defer.Deferred[None] | None:
+        if clientGone[0]:
+            response.deliverBody(Protocol())
+            return None
+        request.setResponseCode(response.code, response.phrase)
+        drop = HOP_BY_HOP | _connectionTokens(response.headers)
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower() not in drop:
+                request.responseHeaders.setRawHeaders(name, list(values))
+        if response.length is not UNKNOWN_LENGTH:
+            request.setHeader(b"content-length", str(response.length).encode("ascii"))
+        done: defer.Deferred[None] = defer.Deferred()
+        relay = _BodyRelay(request, done)
+
+        def lost(_: Any) -> None:
+            relay.clientGone = True
+            if relay.transport is not None:
+                relay.transport.stopProducing()
+
+        request.notifyFinish().addErrback(lost)
+        response.deliverBody(relay)
+        return done
+
+    def _failed(self, failure: Failure, request: Request, target: bytes, clientGone: list[bool]) -> None:
+        if clientGone[0]:
+            return
+        if request.startedWriting:
+            request.channel.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if failure.check(defer.TimeoutError):
+            status, title, message = 504, "Gateway Timeout", "The application did not answer in time."
+        else:
+            status, title, message = 502, "Bad Gateway", "Failed to connect to the application."
+        self.log.warn(
+            "upstream {target} failed: {reason}", target=target.decode("latin-1"), reason=failure.getErrorMessage()
+        )
+        body = renderPage(request, status, title, message)
+        request.write(body)
+        request.finish()
+

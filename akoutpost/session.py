@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.test_session -*-
+"""
+The in-memory session store every outpost shares between its providers.
+
+A session exists only after a successful login: anonymous traffic never
+creates server-side state.  The browser holds a cookie whose value is a random
+session id plus an HMAC of it, so a forged or truncated cookie is rejected
+before any lookup.  Each session belongs to one provider, and the store keeps
+an index by subject so that signing out of one provider ends every session of
+that user in the outpost.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+_ID_BYTES = 32
+_MAC_BYTES = 32
+# base64url of 32 bytes is 43 characters; anything longer is rejected unparsed.
+_MAX_COOKIE_VALUE = 200
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class Session:
+    """
+    A signed-in user's session with one provider.
+
+    @ivar sessionId: The random identifier (never the cookie value itself).
+    @ivar providerKey: Which provider of the outpost the session belongs to.
+    @ivar claims: The verified identity claims from the provider.
+    @ivar rawToken: The token passed upstream as C{X-authentik-jwt}.
+    @ivar idToken: The id token, kept for C{id_token_hint} at sign-out.
+    @ivar expires: When the session ends, in clock seconds.
+    """
+
+    sessionId: str
+    providerKey: str
+    claims: Mapping[str, Any]
+    rawToken: str
+    idToken: str
+    created: float
+    expires: float
+
+    @property
+    def sub(self) -> str:
+        return str(self.claims.get("sub", ""))
+
+
+@dataclass
+class SessionStore:
+    """
+    All sessions of one outpost, in memory.
+
+    @ivar clock: The time source; expiry is checked on every lookup and by a
+        periodic sweep so that memory is returned without waiting for the user.
+    @ivar maxSessions: A bound on the store.  When it is reached, the session
+        closest to expiry is dropped to make room, so logins never fail.
+    """
+
+    clock: IReactorTime
+    maxSessions: int = 100_000
+    _sessions: dict[str, Session] = field(default_factory=dict)
+    _bySub: dict[str, set[str]] = field(default_factory=dict)
+
+    log = Logger()
+
+    def create(
+        self,
+        providerKey: str,
+        claims: Mapping[str, Any],
+        rawToken: str,
+        idToken: str,
+        lifetime: float,
+    ) -> Session:
+        """
+        Mint a brand-new session (never reusing an id from the browser).
+        """
+        if len(self._sessions) >= self.maxSessions:
+            self.sweep()
+        if len(self._sessions) >= self.maxSessions:
+            oldest = min(self._sessions.values(), key=lambda s: s.expires)
+            self._remove(oldest.sessionId)
+        now = self.clock.seconds()
+        session = Session(
+            sessionId=_b64(secrets.token_bytes(_ID_BYTES)),
+            providerKey=providerKey,
+            claims=claims,
+            rawToken=rawToken,
+            idToken=idToken,
+            created=now,
+            expires=now + max(0.0, lifetime),
+        )
+        self._sessions[session.sessionId] = session
+        self._bySub.setdefault(session.sub, set()).add(session.sessionId)
+        return session
+
+    def get(self, sessionId: str, providerKey: str) -> Session | None:
+        """
+        The live session with this id for this provider, or L{None}.
+        """
+        session = self._sessions.get(sessionId)
+        if session is None or session.providerKey != providerKey:
+            return None
+        if session.expires <= self.clock.seconds():
+            self._remove(sessionId)
+            return None
+        return session
+
+    def remove(self, sessionId: str) -> None:
+        self._remove(sessionId)
+
+    def logoutSubject(self, sub: str) -> int:
+        """
+        End every session of the user C{sub} in this store, for every
+        provider.
+
+        @return: How many sessions ended.
+        """
+        ids = self._bySub.pop(sub, set())
+        for sessionId in ids:
+            self._sessions.pop(sessionId, None)
+        return len(ids)
+
+    def sweep(self) -> int:
+        """
+        Drop every expired session.
+
+        @return: How many were dropped.
+        """
+        now = self.clock.seconds()
+        expired = [s.sessionId for s in self._sessions.values() if s.expires <= now]
+        for sessionId in expired:
+            self._remove(sessionId)
+        return len(expired)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _remove(self, sessionId: str) -> None:
+        session = self._sessions.pop(sessionId, None)
+        if session is None:
+            return
+        ids = self._bySub.get(session.sub)
+        if ids is not None:
+            ids.discard(sessionId)
+            if not ids:
+                del self._bySub[session.sub]
+
+    def sweeper(self, interval: float = 60.0) -> LoopingCall:
+        """
+        A L{LoopingCall} on the store's clock that sweeps every C{interval}
+        seconds; the outpost service starts and stops it.
+        """
+        call = LoopingCall(self.sweep)
+        call.clock = self.clock
+        return call
+
+
+@dataclass(frozen=True)
+class CookieSigner:
+    """
+    Signs and checks cookie values of the form C{<id>.<mac>}.
+
+    The MAC covers the cookie's name as well as the id, so a value copied from
+    another provider's cookie (another name, another key) never verifies.
+    """
+
+    key: bytes
+    cookieName: str
+
+    def sign(self, value: str) -> str:
+        return f"{value}.{self._mac(value)}"
+
+    def unsign(self, signed: str | bytes | None) -> str | None:
+        """
+        The value inside a signed cookie, or L{None} when it is missing,
+        malformed, oversized or forged.
+        """
+        if signed is None:
+            return None
+        if isinstance(signed, bytes):
+            try:
+                signed = signed.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+        if len(signed) > _MAX_COOKIE_VALUE or signed.count(".") != 1:
+            return None
+        value, mac = signed.split(".")
+        if not value or not hmac.compare_digest(mac, self._mac(value)):
+            return None
+        return value
+
+    def _mac(self, value: str) -> str:
+        digest = hmac.new(
+            self.key, self.cookieName.encode("utf-8") + b"\0" + value.encode("ascii", "replace"), hashlib.sha256
+        ).digest()
+        return _b64(digest[:_MAC_BYTES])
