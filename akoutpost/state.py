@@ -123,7 +123,7 @@ class LoginStates:
         if len(token) > _MAX_STATE_LENGTH or token.count(".") != 1:
             raise InvalidState("malformed state")
         body, mac = token.split(".")
-        if not hmac.compare_digest(mac, self._mac("state", body)):
+        if not hmac.compare_digest(mac.encode("utf-8"), self._mac("state", body).encode("ascii")):
             raise InvalidState("forged state (bad signature or another provider's key)")
         try:
             payload = json.loads(_unb64(body))
@@ -151,7 +151,7 @@ class LoginStates:
         now = self.clock.seconds()
         if expires <= now:
             raise InvalidState("expired state")
-        if binding is None or not hmac.compare_digest(bound, bindingHash(binding)):
+        if binding is None or not hmac.compare_digest(bound.encode("utf-8"), bindingHash(binding).encode("ascii")):
             raise InvalidState("state was started in another browser")
         if stateId in self._redeemed:
             raise InvalidState("state already used")
