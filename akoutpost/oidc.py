@@ -19,10 +19,11 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
 from treq import collect as treqCollect
 from treq.client import HTTPClient
 
@@ -114,6 +115,31 @@ class LoginResult:
     lifetime: float
 
 
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body that is already in memory (a token request's form): written
+    at once, without the global cooperator L{FileBodyProducer} would use.
+    """
+
+    def __init__(self, body: bytes | str) -> None:
+        self.body = body.encode("utf-8") if isinstance(body, str) else body
+        self.length = len(self.body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def _addQuery(url: str, params: dict[str, str]) -> str:
     return url + ("&" if urlsplit(url).query else "?") + urlencode(params)
 
@@ -141,7 +167,9 @@ class OpenIDClient:
         self.label = label
         # A cookie jar that refuses everything: provider cookies must never
         # travel between outposts or users through the back channel.
-        self._http = HTTPClient(agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
+        self._http = HTTPClient(
+            agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])), data_to_body_producer=BytesProducer
+        )
         self.metadata: ProviderMetadata | None = None
         self.keys: KeySet = KeySet(byKid={})
         self._keysFetched: float | None = None

@@ -1,0 +1,213 @@
+# -*- test-case-name: tests.integration.test_npmprovider -*-
+"""
+Run a real, certified OpenID provider (npm C{oidc-provider}) for
+interoperability tests.
+
+The provider is C{oidc_provider/server.mjs} beside this module, run by node
+with a JSON configuration (see that file for its keys).  Install it with
+C{npm ci --prefix tests/integration/oidc_provider}; tests skip themselves
+with the reason from L{npmProviderAvailable} when it is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+
+__all__ = [
+    "NODE_DIR",
+    "NpmProvider",
+    "ProviderStartError",
+    "npmProviderAvailable",
+    "startNpmProvider",
+]
+
+NODE_DIR: FilePath[str] = FilePath(__file__).sibling("oidc_provider")
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+_MAX_STDERR = 64 * 1024
+_configNumbers = itertools.count()
+
+
+def npmProviderAvailable() -> str | None:
+    """
+    L{None} if the provider can run here, else why not (for C{skip}).
+    """
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not NODE_DIR.descendant(
+        ["node_modules", "oidc-provider", "package.json"]
+    ).exists():
+        return f"oidc-provider is not installed; run npm ci --prefix {NODE_DIR.path}"
+    return None
+
+
+class ProviderStartError(Exception):
+    """
+    The provider exited or stayed silent instead of saying C{READY}.
+    """
+
+
+class _ProviderProtocol(ProcessProtocol):
+    """
+    Waits for the C{READY <port>} line and keeps the end of standard error.
+    """
+
+    def __init__(self) -> None:
+        self.ready: Deferred[int] = Deferred()
+        self.hasEnded = False
+        self._endWaiters: list[Deferred[None]] = []
+        self._stdout = b""
+        self.stderr = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._stdout += data
+        while b"\n" in self._stdout:
+            line, self._stdout = self._stdout.split(b"\n", 1)
+            words = line.split()
+            if len(words) == 2 and words[0] == b"READY" and not self.ready.called:
+                self.ready.callback(int(words[1]))
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr = (self.stderr + data)[-_MAX_STDERR:]
+
+    def processEnded(self, reason: Failure) -> None:
+        self.hasEnded = True
+        if not self.ready.called:
+            self.ready.errback(
+                ProviderStartError(
+                    f"oidc-provider exited before it was ready ({reason.value}):\n"
+                    + self.stderr.decode("utf-8", "replace")
+                )
+            )
+        waiters, self._endWaiters = self._endWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenEnded(self) -> Deferred[None]:
+        if self.hasEnded:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._endWaiters.append(waiter)
+        return waiter
+
+
+@dataclass
+class NpmProvider:
+    """
+    A running provider.
+
+    @ivar issuer: its issuer URL; discovery is at
+        C{issuer + "/.well-known/openid-configuration"}.
+    """
+
+    port: int
+    issuer: str
+    process: IProcessTransport
+    _reactor: Any = field(repr=False)
+    _protocol: _ProviderProtocol = field(repr=False)
+
+    @property
+    def stderr(self) -> str:
+        """
+        What the provider wrote to standard error lately, for diagnostics.
+        """
+        return self._protocol.stderr.decode("utf-8", "replace")
+
+    def _signal(self, name: str) -> None:
+        try:
+            self.process.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
+
+    def _waitForExit(self, timeout: float) -> Deferred[None]:
+        return self._protocol.whenEnded().addTimeout(timeout, self._reactor)
+
+    def stop(self) -> Deferred[None]:
+        """
+        SIGTERM, then SIGKILL if it is still there after five seconds.
+        """
+        if self._protocol.hasEnded:
+            return succeed(None)
+        self._signal("TERM")
+
+        def kill(failure: Failure) -> Deferred[None]:
+            failure.trap(TimeoutError)
+            self._signal("KILL")
+            return self._waitForExit(STOP_TIMEOUT)
+
+        return self._waitForExit(STOP_TIMEOUT).addErrback(kill)
+
+
+def startNpmProvider(
+    reactor: Any, config: dict[str, Any], tmpdir: str
+) -> Deferred[NpmProvider]:
+    """
+    Start the provider and wait until it listens.
+
+    @param reactor: an C{IReactorProcess} and C{IReactorTime}.
+    @param config: the JSON configuration of C{server.mjs}; C{port} defaults
+        to 0 (a free port), and the provider exits if this process dies.
+    @param tmpdir: a directory for the configuration file.
+    @return: fires with the running L{NpmProvider}, or fails with
+        L{ProviderStartError} (carrying the provider's standard error).
+    """
+    reason = npmProviderAvailable()
+    if reason is not None:
+        return fail(ProviderStartError(reason))
+    node = shutil.which("node")
+    assert node is not None
+    config = {"port": 0, "exitWithStdin": True, **config}
+    configPath = FilePath(tmpdir).child(f"oidc-provider-{next(_configNumbers)}.json")
+    configPath.setContent(json.dumps(config).encode("utf-8"))
+
+    protocol = _ProviderProtocol()
+    process = reactor.spawnProcess(
+        protocol,
+        node,
+        [node, NODE_DIR.child("server.mjs").path, configPath.path],
+        env=dict(os.environ),
+        path=NODE_DIR.path,
+    )
+    issuerPath = config.get("issuerPath", "")
+
+    def started(port: int) -> NpmProvider:
+        return NpmProvider(
+            port, f"http://127.0.0.1:{port}{issuerPath}", process, reactor, protocol
+        )
+
+    def failed(failure: Failure) -> Failure | Deferred[None]:
+        if not failure.check(TimeoutError):
+            return failure
+        error = ProviderStartError(
+            f"oidc-provider was not ready after {START_TIMEOUT} s:\n"
+            + protocol.stderr.decode("utf-8", "replace")
+        )
+        try:
+            process.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+        def raiseError(ignored: object) -> None:
+            raise error
+
+        # Reap it, so that a failing test still leaves a clean reactor.
+        return (
+            protocol.whenEnded().addTimeout(STOP_TIMEOUT, reactor).addBoth(raiseError)
+        )
+
+    return protocol.ready.addTimeout(START_TIMEOUT, reactor).addCallbacks(
+        started, failed
+    )

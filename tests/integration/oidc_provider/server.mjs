@@ -1,0 +1,356 @@
+// A real, certified OpenID provider (npm "oidc-provider") for akoutpost's
+// interoperability tests.
+//
+// Usage: node server.mjs CONFIG.json
+//
+// CONFIG.json:
+//   {
+//     "port": 0,                    // 0 picks a free port
+//     "issuerPath": "/oidc",        // optional; the issuer is http://127.0.0.1:<port><issuerPath>
+//     "clients": [{"client_id": ..., "client_secret": ..., "redirect_uris": [...],
+//                  "post_logout_redirect_uris": [...], "token_endpoint_auth_method": ...}],
+//     "users": [{"username", "password", "sub", "name", "email", "groups": [...],
+//                "entitlements": [...], "ak_proxy": {...}}],
+//     "requirePkce": false,         // optional; true makes PKCE mandatory for every client
+//     "ttl": {"IdToken": 3600, ...}, // optional; overrides of the token lifetimes, in seconds
+//     "exitWithStdin": false        // optional; exit when standard input closes (set by
+//                                   // the Python harness so an orphaned provider cannot linger)
+//   }
+//
+// Listens on 127.0.0.1 only and prints exactly one line, "READY <port>", on
+// standard output once it accepts connections; everything else goes to
+// standard error.  Exits on SIGTERM.
+//
+// The login interaction is ours (devInteractions are off): a plain HTML form
+// with "login" and "password" fields checked against the configured users;
+// consent is granted automatically for whatever scopes and claims the client
+// asked for.
+
+import * as crypto from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+// oidc-provider prints its notices with console.info; standard output is
+// reserved for the READY line.
+console.info = console.error;
+console.log = console.error;
+
+const HOST = '127.0.0.1';
+const MAX_FORM_BYTES = 64 * 1024;
+
+const CONFIG_KEYS = new Set([
+  'port', 'issuerPath', 'clients', 'users', 'requirePkce', 'ttl', 'exitWithStdin',
+]);
+
+function fatal(message) {
+  process.stderr.write(`server.mjs: ${message}\n`);
+  process.exit(2);
+}
+
+const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+for (const key of Object.keys(config)) {
+  if (!CONFIG_KEYS.has(key)) {
+    fatal(`unknown configuration key ${JSON.stringify(key)}`);
+  }
+}
+const users = config.users ?? [];
+const issuerPath = config.issuerPath ?? '';
+// The path every provider URL hangs under, without a trailing slash.
+const prefix = issuerPath.endsWith('/') ? issuerPath.slice(0, -1) : issuerPath;
+
+function escapeHtml(value) {
+  return String(value)
+    .replaceAll('&', '&amp;')
+    .replaceAll('<', '&lt;')
+    .replaceAll('>', '&gt;')
+    .replaceAll('"', '&quot;')
+    .replaceAll("'", '&#39;');
+}
+
+function page(title, body) {
+  return `<!DOCTYPE html>
+<html>
+<head><meta charset="utf-8"><title>${escapeHtml(title)}</title></head>
+<body>
+<h1>${escapeHtml(title)}</h1>
+${body}
+</body>
+</html>
+`;
+}
+
+function sendHtml(res, status, html) {
+  const body = Buffer.from(html, 'utf8');
+  res.writeHead(status, {
+    'Content-Type': 'text/html; charset=utf-8',
+    'Content-Length': body.length,
+    'Cache-Control': 'no-store',
+  });
+  res.end(body);
+}
+
+function readForm(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > MAX_FORM_BYTES) {
+        reject(new Error('form too large'));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(new URLSearchParams(Buffer.concat(chunks).toString('utf8'))));
+    req.on('error', reject);
+  });
+}
+
+function accountClaims(user) {
+  return {
+    sub: user.sub,
+    name: user.name,
+    preferred_username: user.username,
+    nickname: user.username,
+    email: user.email,
+    email_verified: true,
+    groups: user.groups ?? [],
+    entitlements: user.entitlements ?? [],
+    ak_proxy: user.ak_proxy ?? {},
+  };
+}
+
+function loginForm(uid, message) {
+  const notice = message ? `<p class="error">${escapeHtml(message)}</p>\n` : '';
+  return page('Sign-in', `${notice}<form method="post" action="${escapeHtml(`${prefix}/interaction/${uid}/login`)}">
+<label>Username <input type="text" name="login" autofocus></label>
+<label>Password <input type="password" name="password"></label>
+<button type="submit">Sign-in</button>
+</form>`);
+}
+
+function generateSigningKey() {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = privateKey.export({ format: 'jwk' });
+  return { ...jwk, use: 'sig', alg: 'RS256', kid: crypto.randomUUID() };
+}
+
+function providerConfiguration() {
+  return {
+    clients: (config.clients ?? []).map((client) => ({
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      ...client,
+    })),
+    jwks: { keys: [generateSigningKey()] },
+    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    // The claims authentik's default scope mappings release.
+    claims: {
+      openid: ['sub'],
+      profile: ['name', 'preferred_username', 'nickname', 'groups'],
+      email: ['email', 'email_verified'],
+      entitlements: ['entitlements'],
+      ak_proxy: ['ak_proxy'],
+    },
+    scopes: ['openid', 'profile', 'email', 'entitlements', 'ak_proxy', 'offline_access'],
+    // authentik puts the scope claims in the ID token, and the outpost reads
+    // them from there; by default oidc-provider keeps them for userinfo only.
+    conformIdTokenClaims: false,
+    responseTypes: ['code'],
+    pkce: { required: () => Boolean(config.requirePkce) },
+    features: {
+      devInteractions: { enabled: false },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: async (ctx, form) => {
+          // Put the confirmation inside the form, so that a form parser
+          // submitting it says "yes, sign me out".
+          const withButton = form.replace(
+            '</form>',
+            '<input type="hidden" name="logout" value="yes"/><button type="submit">Yes, sign me out</button></form>',
+          );
+          ctx.type = 'html';
+          ctx.body = page('Sign-out', withButton);
+        },
+        postLogoutSuccessSource: async (ctx) => {
+          ctx.type = 'html';
+          ctx.body = page('Signed out', '<p>Your sign-out was successful.</p>');
+        },
+      },
+    },
+    ttl: {
+      AccessToken: 3600,
+      AuthorizationCode: 60,
+      ClientCredentials: 600,
+      DeviceCode: 600,
+      BackchannelAuthenticationRequest: 600,
+      PreAuthorizedCode: 600,
+      Grant: 86400,
+      IdToken: 3600,
+      Interaction: 600,
+      RefreshToken: 86400,
+      Session: 86400,
+      ...(config.ttl ?? {}),
+    },
+    interactions: {
+      url: async (ctx, interaction) => `${prefix}/interaction/${interaction.uid}`,
+    },
+    findAccount: async (ctx, sub) => {
+      const user = users.find((candidate) => candidate.sub === sub);
+      if (!user) {
+        return undefined;
+      }
+      return { accountId: user.sub, claims: async () => accountClaims(user) };
+    },
+    clientBasedCORS: () => false,
+    renderError: async (ctx, out) => {
+      ctx.type = 'html';
+      ctx.body = page('Error', Object.entries(out)
+        .map(([key, value]) => `<p><strong>${escapeHtml(key)}</strong>: ${escapeHtml(value)}</p>`)
+        .join('\n'));
+    },
+  };
+}
+
+async function grantConsent(provider, req, res, details) {
+  const { prompt, grantId, session, params } = details;
+  const grant = grantId
+    ? await provider.Grant.find(grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (prompt.details.missingOIDCScope) {
+    grant.addOIDCScope(prompt.details.missingOIDCScope.join(' '));
+  }
+  if (prompt.details.missingOIDCClaims) {
+    grant.addOIDCClaims(prompt.details.missingOIDCClaims);
+  }
+  if (prompt.details.missingResourceScopes) {
+    for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes)) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+  }
+  await provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, {
+    mergeWithLastSubmission: true,
+  });
+}
+
+async function interaction(provider, req, res, uid, action) {
+  let details;
+  try {
+    details = await provider.interactionDetails(req, res);
+  } catch (error) {
+    sendHtml(res, 400, page('Error', `<p>${escapeHtml(error.message)}</p>`));
+    return;
+  }
+  if (details.uid !== uid) {
+    sendHtml(res, 400, page('Error', '<p>interaction mismatch</p>'));
+    return;
+  }
+
+  if (action === undefined && req.method === 'GET') {
+    switch (details.prompt.name) {
+      case 'login':
+        sendHtml(res, 200, loginForm(uid));
+        return;
+      case 'consent':
+        await grantConsent(provider, req, res, details);
+        return;
+      default:
+        sendHtml(res, 501, page('Error', `<p>unsupported prompt ${escapeHtml(details.prompt.name)}</p>`));
+        return;
+    }
+  }
+
+  if (action === 'login' && req.method === 'POST' && details.prompt.name === 'login') {
+    const form = await readForm(req);
+    const user = users.find((candidate) => candidate.username === form.get('login'));
+    if (!user || user.password !== form.get('password')) {
+      sendHtml(res, 200, loginForm(uid, 'Invalid username or password.'));
+      return;
+    }
+    await provider.interactionFinished(req, res, { login: { accountId: user.sub } }, {
+      mergeWithLastSubmission: false,
+    });
+    return;
+  }
+
+  sendHtml(res, 405, page('Error', '<p>method not allowed</p>'));
+}
+
+const INTERACTION = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login))?(?:\?.*)?$/;
+
+function makeHandler(provider) {
+  const callback = provider.callback();
+  return async (req, res) => {
+    const url = req.url;
+    if (prefix && url !== prefix && !url.startsWith(`${prefix}/`)) {
+      sendHtml(res, 404, page('Not found', ''));
+      return;
+    }
+    const path = url.slice(prefix.length) || '/';
+    const match = INTERACTION.exec(path);
+    if (match) {
+      await interaction(provider, req, res, match[1], match[2]);
+      return;
+    }
+    // oidc-provider works out its mount path from originalUrl, as it does
+    // when mounted by express or koa-mount.
+    req.originalUrl = url;
+    req.url = path;
+    await callback(req, res);
+  };
+}
+
+const server = http.createServer();
+let handler = null;
+server.on('request', (req, res) => {
+  if (!handler) {
+    sendHtml(res, 503, page('Starting', ''));
+    return;
+  }
+  handler(req, res).catch((error) => {
+    console.error(error);
+    if (!res.headersSent) {
+      sendHtml(res, 500, page('Error', `<p>${escapeHtml(error.message)}</p>`));
+    } else {
+      res.destroy();
+    }
+  });
+});
+
+function shutDown() {
+  server.closeAllConnections();
+  server.close();
+  process.exit(0);
+}
+
+process.on('SIGTERM', shutDown);
+process.on('SIGINT', shutDown);
+if (config.exitWithStdin) {
+  process.stdin.on('end', shutDown);
+  process.stdin.on('close', shutDown);
+  process.stdin.resume();
+}
+
+async function start() {
+  const { port } = server.address();
+  const provider = new Provider(`http://${HOST}:${port}${issuerPath}`, providerConfiguration());
+  provider.on('server_error', (ctx, error) => console.error('server_error', error));
+  // oidc-provider checks static client metadata on first use only; a
+  // mistake in a test's configuration should stop the start instead.
+  for (const { client_id: clientId } of config.clients ?? []) {
+    try {
+      await provider.Client.find(clientId);
+    } catch (error) {
+      fatal(`client ${JSON.stringify(clientId)}: ${error.error_description ?? error.message}`);
+    }
+  }
+  handler = makeHandler(provider);
+  process.stdout.write(`READY ${port}\n`);
+}
+
+server.listen(config.port ?? 0, HOST, () => {
+  start().catch((error) => fatal(error.stack ?? String(error)));
+});
