@@ -264,7 +264,7 @@ class Form:
         The fields to submit: the defaults, the default button, then C{values}.
         """
         submitted = dict(self.inputs)
-        if self.button is not None:
+        if self.button is not None and self.button[0]:
             submitted[self.button[0]] = self.button[1]
         submitted.update(values or {})
         return submitted
@@ -297,26 +297,23 @@ class _FormParser(HTMLParser):
             if self._select not in form.inputs or "selected" in attributes:
                 form.inputs[self._select] = attributes.get("value", "")
             return
-        name = attributes.get("name")
+        name = attributes.get("name") or ""
+        kind = (attributes.get("type") or ("submit" if tag == "button" else "text")).lower()
+        if tag in ("input", "button") and kind in ("submit", "image", "button", "reset"):
+            # The first submit button is the default one, named or not; an
+            # unnamed default sends nothing.
+            if kind == "submit" and form.button is None:
+                form.button = (name, attributes.get("value", ""))
+            return
         if not name:
             return
         if tag == "input":
-            kind = (attributes.get("type") or "text").lower()
-            if kind in ("submit", "image", "button", "reset"):
-                if kind == "submit" and form.button is None:
-                    form.button = (name, attributes.get("value", ""))
-                return
             if kind in ("checkbox", "radio") and "checked" not in attributes:
                 return
             form.inputs[name] = attributes.get(
                 "value", "on" if kind == "checkbox" else ""
             )
             form.types[name] = kind
-        elif tag == "button":
-            if (
-                attributes.get("type") or "submit"
-            ).lower() == "submit" and form.button is None:
-                form.button = (name, attributes.get("value", ""))
         elif tag == "textarea":
             self._textarea = name
             form.inputs[name] = ""

@@ -1,0 +1,78 @@
+"""
+Interop with an OpenID provider nobody here wrote: npm's certified
+C{oidc-provider}, started on loopback, with a confidential client per
+provider and a user whose id token carries C{groups} and C{ak_proxy}.
+The same walk as with the development provider: log in, identity headers
+upstream, sign out across the providers of one outpost only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import TestCase
+
+from ._npmprovider import NpmProvider, npmProviderAvailable, startNpmProvider
+from ._stack import PROVIDERS, OutpostStack, reactor, redirectUri
+
+USER = {
+    "username": "carol",
+    "password": "interop password",
+    "sub": "sub-carol-0001",
+    "name": "Carol Interop",
+    "email": "carol@example.test",
+    "groups": ["staff", "ops"],
+    "entitlements": ["app:read"],
+    "ak_proxy": {"user_attributes": {"additionalHeaders": {"X-Interop": "yes"}}, "is_superuser": False},
+}
+
+
+class InteropTests(TestCase):
+    timeout = 90
+    skip = npmProviderAvailable()
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.stack = OutpostStack(self)
+        tmpdir = self.mktemp()
+        os.mkdir(tmpdir)
+        clients = {name: (f"interop-{name}", f"interop-secret-{name}-0123456789") for name in PROVIDERS}
+        self.provider: NpmProvider = await startNpmProvider(
+            reactor,
+            {
+                "issuerPath": "/oidc",
+                "clients": [
+                    {
+                        "client_id": clientId,
+                        "client_secret": secret,
+                        "redirect_uris": [redirectUri(self.stack.external[name])],
+                        "token_endpoint_auth_method": "client_secret_basic",
+                    }
+                    for name, (clientId, secret) in clients.items()
+                ],
+                "users": [USER],
+            },
+            tmpdir,
+        )
+        self.addCleanup(self.provider.stop)
+        await self.stack.start(self.provider.issuer, clients)
+
+    async def test_loginHeadersSignOut(self) -> None:
+        await self.stack.walk(
+            USER["username"],  # type: ignore[arg-type]
+            USER["password"],  # type: ignore[arg-type]
+            {
+                "x-authentik-username": "carol",
+                "x-authentik-groups": "staff|ops",
+                "x-authentik-entitlements": "app:read",
+                "x-authentik-email": "carol@example.test",
+                "x-authentik-name": "Carol Interop",
+                "x-authentik-uid": "sub-carol-0001",
+                "x-interop": "yes",
+            },
+        )
+
+    async def test_endSessionIsTheProviders(self) -> None:
+        page = await self.stack.login("a", "/", "carol", "interop password")
+        self.assertEqual(page.code, 200, page.text)
+        signOut = await self.stack.browser.request("GET", self.stack.external["a"] + "/outpost.goauthentik.io/sign_out")
+        self.assertTrue((signOut.location() or "").startswith(self.provider.issuer + "/session/end?id_token_hint="))
