@@ -92,6 +92,20 @@ def allowlistPath(rawPath: bytes) -> str | None:
     return decoded
 
 
+def _originOf(url: str) -> str | None:
+    """
+    C{scheme://host[:port]} of an http(s) URL without userinfo, else L{None}.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def wantsRedirect(request: Request) -> bool:
     """
     Whether an anonymous request can follow a login redirect: a GET or HEAD
@@ -370,13 +384,9 @@ class Application:
         origin = None
         override = proxyClaims.get("backend_override")
         if isinstance(override, str) and override:
-            try:
-                parts = urlsplit(override)
-                parts.port
-            except ValueError:
-                parts = None
-            if parts is not None and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc:
-                origin = f"{parts.scheme}://{parts.netloc}".encode("ascii", "ignore")
+            parts = _originOf(override)
+            if parts is not None:
+                origin = parts.encode("ascii", "ignore")
             else:
                 self.log.warn("{provider}: ignoring invalid backend_override {value!r}", provider=self.config.name, value=override)
         hostHeader = proxyClaims.get("host_header")

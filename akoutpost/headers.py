@@ -139,7 +139,7 @@ def identityHeaders(claims: Mapping[str, Any] | None, rawToken: str, context: Id
         context.appSlug,
         VERSION_HEADER_VALUE,
     ]
-    result = [(name, _safeValue(value)) for name, value in zip(IDENTITY_HEADERS, values)]
+    result = [(name, _safeValue(value)) for name, value in zip(IDENTITY_HEADERS, values, strict=True)]
     if not claims:
         return result
     attributes = _userAttributes(claims)

@@ -19,13 +19,13 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
+from treq import collect as treqCollect
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
-from treq import collect as treqCollect
-from treq.client import HTTPClient
 
 from akoutpost.tokens import KeySet, TokenError, UnknownKey, checkClaims, verifySignature
 
@@ -168,7 +168,9 @@ class OpenIDClient:
         # A cookie jar that refuses everything: provider cookies must never
         # travel between outposts or users through the back channel.
         self._http = HTTPClient(
-            agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])), data_to_body_producer=BytesProducer
+            agent,
+            cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # type: ignore[arg-type]
+            data_to_body_producer=BytesProducer,
         )
         self.metadata: ProviderMetadata | None = None
         self.keys: KeySet = KeySet(byKid={})
@@ -380,7 +382,7 @@ class OpenIDClient:
     # HTTP plumbing
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Deferred[IResponse]:
-        d = self._http.request(method, url, allow_redirects=False, **kwargs)
+        d: Deferred[IResponse] = self._http.request(method, url, allow_redirects=False, **kwargs)  # type: ignore[assignment]
         d.addTimeout(REQUEST_TIMEOUT, self.clock)
 
         def failed(failure: Any) -> None:

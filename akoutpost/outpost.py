@@ -45,14 +45,13 @@ def requestHostKey(host: bytes) -> str | None:
             return None
         hostname, rest = text[1:end], text[end + 1 :]
     else:
-        hostname, _, port = text.partition(":")
-        rest = ":" + port if _ else ""
-    if rest and (not rest.startswith(":") or not rest[1:].isdigit()):
+        hostname, colon, portText = text.partition(":")
+        rest = colon + portText
+    if rest and (not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6):
         return None
     if not hostname or any(c in hostname for c in "/\\@ \t?#"):
         return None
-    port = int(rest[1:]) if rest else None
-    return hostKey("", hostname, port)
+    return hostKey("", hostname, int(rest[1:]) if rest else None)
 
 
 class Outpost:

@@ -128,7 +128,7 @@ class LoginStates:
         try:
             payload = json.loads(_unb64(body))
         except (ValueError, binascii.Error):
-            raise InvalidState("malformed state")
+            raise InvalidState("malformed state") from None
         if not isinstance(payload, dict):
             raise InvalidState("malformed state")
         stateId, redirect, expires, tag, bound = (

@@ -76,6 +76,8 @@ class KeySet:
                 key = josepy.JWK.from_json(entry)
             except Exception:
                 continue
+            if not isinstance(key, josepy.JWK):
+                continue
             kid = entry.get("kid")
             if isinstance(kid, str):
                 byKid[kid] = key
@@ -115,7 +117,8 @@ def tokenAlgorithm(raw: str) -> str:
     """
     The C{alg} a compact token's header claims, without verifying anything.
     """
-    return str(_decode(raw).signature.combined.alg.name)
+    alg = _decode(raw).signature.combined.alg
+    return alg.name if alg is not None else ""
 
 
 def verifySignature(
@@ -136,6 +139,8 @@ def verifySignature(
     jws = _decode(raw)
     header = jws.signature.combined
     alg = header.alg
+    if alg is None:
+        raise TokenError("token names no algorithm")
     name = alg.name
     if header.jwk is not None or header.jku is not None or header.x5u is not None:
         # Never let the token choose its own key; josepy would trust it.

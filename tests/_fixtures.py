@@ -31,7 +31,7 @@ def config(outposts: dict[str, list[dict[str, Any]]], **outpostFields: Any) -> C
     data: dict[str, Any] = {"outposts": {}}
     for index, (key, providers) in enumerate(outposts.items()):
         table: dict[str, Any] = {"providers": providers}
-        table["http"] = f"tcp:0:interface=127.0.0.1" if index else "tcp:0:interface=127.0.0.1"
+        table["http"] = "tcp:0:interface=127.0.0.1" if index else "tcp:0:interface=127.0.0.1"
         table.update(outpostFields)
         data["outposts"][key] = table
     return parseConfig(data)

@@ -4,6 +4,10 @@ Tests for L{akoutpost.redirect}: where a user may be sent after login.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from akoutpost.redirect import checkRedirect
@@ -68,3 +72,26 @@ class DomainTests(SynchronousTestCase):
         for rd in ["https://evilt.goauthentik.io/", "https://t.goauthentik.io.evil.com/", "https://goauthentik.io/",
                    "https://x.t.goauthentik.io@evil.com/", "javascript://t.goauthentik.io/%0aalert(1)"]:
             self.assertIsNone(checkRedirect(rd, self.provider), rd)
+
+
+class RedirectPropertyTests(SynchronousTestCase):
+    """
+    Whatever C{rd} is, an accepted target is on the provider's own origin
+    (single application) or inside the cookie domain (domain level).
+    """
+
+    @settings(max_examples=400, deadline=None, derandomize=True)
+    @given(st.one_of(st.text(max_size=60), st.builds(lambda a, b: a + b, st.sampled_from(
+        ["https://ext.t.goauthentik.io", "/", "//", "https:", "https://", "\\\\", "http://t.goauthentik.io",
+         "https://a.t.goauthentik.io"]), st.text(max_size=40))))
+    def test_acceptedStaysOnOrigin(self, rd: str) -> None:
+        single = SingleApplicationTests.provider
+        accepted = checkRedirect(rd, single)
+        if accepted is not None:
+            parts = urlsplit(accepted)
+            self.assertEqual((parts.scheme, parts.hostname, parts.port), ("https", "ext.t.goauthentik.io", None))
+            self.assertFalse(set(accepted) & set("\\\r\n\t "))
+        accepted = checkRedirect(rd, DomainTests.provider)
+        if accepted is not None:
+            host = urlsplit(accepted).hostname or ""
+            self.assertTrue(host == "t.goauthentik.io" or host.endswith(".t.goauthentik.io"), accepted)
