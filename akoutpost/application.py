@@ -163,7 +163,7 @@ class Application:
         if _signature(args, LOGOUT_SIGNATURE):
             return self.signOut(request)
         prefix = self.config.externalPath
-        relative = path[len(prefix):] if prefix and path.startswith(prefix + "/") else path
+        relative = path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
         if relative == f"{OUTPOST_PREFIX}/start":
             return self.start(request, args)
         if relative == f"{OUTPOST_PREFIX}/callback":
@@ -276,7 +276,9 @@ class Application:
                 self.store.remove(old)
             session = self.store.create(self.key, result.claims, result.rawToken, result.idToken, lifetime)
             self.log.info(
-                "{provider}: {user} signed in", provider=self.config.name, user=session.claims.get("preferred_username") or session.sub
+                "{provider}: {user} signed in",
+                provider=self.config.name,
+                user=session.claims.get("preferred_username") or session.sub,
             )
             self._setCookie(request, self.config.cookieName, self.sessionCookie.sign(session.sessionId), int(lifetime))
             self._setCookie(request, self.loginCookie.cookieName, "", 0)
@@ -357,7 +359,9 @@ class Application:
         trusted = self.isTrusted(request)
         session = self.currentSession(request)
         if session is not None:
-            applyHeaders(request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext()))
+            applyHeaders(
+                request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())
+            )
             request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
             origin, host = self._override(session, originalHost)
             return self.proxy.forward(request, origin=origin, host=host, trustedPeer=trusted)
@@ -375,7 +379,9 @@ class Application:
             rd = self.origin + request.uri.decode("latin-1")
             return self._redirect(request, f"{self.base}{OUTPOST_PREFIX}/start?rd={quote(rd, safe='')}")
         request.setHeader(b"www-authenticate", b'Bearer realm="akoutpost"')
-        return renderPage(request, 401, "Unauthenticated", "Sign in to use this application.", (self.base + "/", "Sign in"))
+        return renderPage(
+            request, 401, "Unauthenticated", "Sign in to use this application.", (self.base + "/", "Sign in")
+        )
 
     def _override(self, session: Session, originalHost: bytes) -> tuple[bytes | None, bytes | None]:
         proxyClaims = session.claims.get("ak_proxy")
@@ -388,7 +394,9 @@ class Application:
             if parts is not None:
                 origin = parts.encode("ascii", "ignore")
             else:
-                self.log.warn("{provider}: ignoring invalid backend_override {value!r}", provider=self.config.name, value=override)
+                self.log.warn(
+                    "{provider}: ignoring invalid backend_override {value!r}", provider=self.config.name, value=override
+                )
         hostHeader = proxyClaims.get("host_header")
         host = hostHeader.encode("ascii", "ignore") if isinstance(hostHeader, str) and hostHeader else None
         return origin, host

@@ -50,12 +50,27 @@ DEFAULT_TRUSTED_PROXIES: tuple[IPNetwork, ...] = tuple(
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _OUTPOST_FIELDS = ("name", "http", "https", "metrics", "trusted_proxies", "providers")
 _PROVIDER_FIELDS = (
-    "name", "app_slug", "mode", "external_host", "internal_host",
-    "internal_host_ssl_validation", "issuer", "client_id", "client_secret",
-    "client_secret_file", "cookie_secret", "cookie_secret_file", "cookie_domain",
-    "skip_path_regex", "scopes", "access_token_validity", "intercept_header_auth",
-    "basic_auth_enabled", "basic_auth_user_attribute",
-    "basic_auth_password_attribute", "certificate",
+    "name",
+    "app_slug",
+    "mode",
+    "external_host",
+    "internal_host",
+    "internal_host_ssl_validation",
+    "issuer",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "cookie_secret",
+    "cookie_secret_file",
+    "cookie_domain",
+    "skip_path_regex",
+    "scopes",
+    "access_token_validity",
+    "intercept_header_auth",
+    "basic_auth_enabled",
+    "basic_auth_user_attribute",
+    "basic_auth_password_attribute",
+    "certificate",
 )
 
 
@@ -348,8 +363,7 @@ def _endpointAddresses(description: str) -> list[_Address]:
     kind = description.split(":", 1)[0].lower()
     if kind not in ENDPOINT_TYPES:
         raise ValueError(
-            f"endpoint type {kind!r} in {description!r} is not supported"
-            f" (use one of {', '.join(ENDPOINT_TYPES)})"
+            f"endpoint type {kind!r} in {description!r} is not supported (use one of {', '.join(ENDPOINT_TYPES)})"
         )
     reactor = MemoryReactor()
     try:
@@ -394,11 +408,7 @@ def _checkListeners(listeners: list[tuple[str, _Address]], problems: list[str]) 
             if address.port is None and other.port is None and address.host == other.host:
                 problems.append(f"{where}: socket {address.host!r} is also used by {otherWhere}")
                 break
-            if (
-                address.port
-                and address.port == other.port
-                and _sameInterface(address.host, other.host)
-            ):
+            if address.port and address.port == other.port and _sameInterface(address.host, other.host):
                 problems.append(f"{where}: port {address.port} is also used by {otherWhere}")
                 break
 
@@ -436,9 +446,7 @@ def _parseOutpost(
         listeners.extend((f"{where}, field {field!r}", address) for address in addresses)
         endpoints[field] = description or None
     if not first and "http" not in raw and "https" not in raw:
-        table.problem(
-            "http", f"required: only the first outpost listens on {FIRST_OUTPOST_HTTP} by default"
-        )
+        table.problem("http", f"required: only the first outpost listens on {FIRST_OUTPOST_HTTP} by default")
     elif len(problems) == before and endpoints["http"] is None and endpoints["https"] is None:
         table.problem("http", "the outpost has neither an 'http' nor an 'https' listener")
     trusted = DEFAULT_TRUSTED_PROXIES
@@ -464,9 +472,7 @@ def _parseOutpost(
     )
 
 
-def _parseProviders(
-    outpost: str, raw: object, table: _Table, baseDir: str
-) -> tuple[ProviderConfig, ...]:
+def _parseProviders(outpost: str, raw: object, table: _Table, baseDir: str) -> tuple[ProviderConfig, ...]:
     """
     Read an outpost's providers and report those that would be ambiguous:
     two on one host cannot be told apart, and two with one client id would
@@ -487,9 +493,7 @@ def _parseProviders(
     for index, item in enumerate(raw):
         label = f"provider #{index + 1}"
         if not isinstance(item, Mapping):
-            table.problems.append(
-                f"outpost {outpost!r}, {label}: must be a table, not {_typeName(item)}"
-            )
+            table.problems.append(f"outpost {outpost!r}, {label}: must be a table, not {_typeName(item)}")
             continue
         name = item.get("name")
         if isinstance(name, str) and name:
@@ -499,9 +503,7 @@ def _parseProviders(
         if key in hosts:
             reader.problem("external_host", f"host {key!r} is also used by {hosts[key]}")
         if clientId in clients:
-            reader.problem(
-                "client_id", f"also used by {clients[clientId]} (the cookie names would collide)"
-            )
+            reader.problem("client_id", f"also used by {clients[clientId]} (the cookie names would collide)")
         if key:
             hosts.setdefault(key, label)
         if clientId:
@@ -511,9 +513,7 @@ def _parseProviders(
     return tuple(providers)
 
 
-def _parseProvider(
-    reader: _Table, outpost: str, index: int, baseDir: str
-) -> tuple[ProviderConfig | None, str, str]:
+def _parseProvider(reader: _Table, outpost: str, index: int, baseDir: str) -> tuple[ProviderConfig | None, str, str]:
     """
     Read one C{[[outposts.<key>.providers]]} table.
 
@@ -525,9 +525,7 @@ def _parseProvider(
     name = _nonEmpty(reader, "name")
     mode = reader.string("mode", "proxy")
     if mode not in MODES:
-        reader.problem(
-            "mode", f"must be one of {', '.join(MODES)}, not {mode!r}" + _didYouMean(mode, MODES)
-        )
+        reader.problem("mode", f"must be one of {', '.join(MODES)}, not {mode!r}" + _didYouMean(mode, MODES))
     external, externalSplit = _url(reader, "external_host", "required")
     internal, _ = _url(reader, "internal_host", "required in proxy mode" if mode == "proxy" else "")
     issuer, _ = _url(reader, "issuer", "required")

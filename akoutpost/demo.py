@@ -69,7 +69,13 @@ class DemoService(MultiService):
         provider = config.outposts[0].providers[0]
         self.provider = DevelopmentProvider(
             provider.issuer,
-            [ClientRegistration(DEMO_CLIENT_ID, clientSecret, (f"{provider.external_host}/outpost.goauthentik.io/callback?X-authentik-auth-callback=true",))],
+            [
+                ClientRegistration(
+                    DEMO_CLIENT_ID,
+                    clientSecret,
+                    (f"{provider.external_host}/outpost.goauthentik.io/callback?X-authentik-auth-callback=true",),
+                )
+            ],
             reactor,
         )
         for listenPort, site in ((port + 1, Site(self.provider.resource())), (port + 2, Site(EchoApplication()))):

@@ -175,7 +175,7 @@ class OpenIDClient:
         self.metadata: ProviderMetadata | None = None
         self.keys: KeySet = KeySet(byKid={})
         self._keysFetched: float | None = None
-        self._keysInFlight: Deferred[KeySet] | None = None
+        self._keyWaiters: list[Deferred[KeySet]] | None = None
         self._retry: IDelayedCall | None = None
         self._backoff = BACKOFF_INITIAL
         self._stopped = False
@@ -323,6 +323,9 @@ class OpenIDClient:
         """
         metadata = self._require()
         allowHMAC = "HS256" in metadata.signingAlgorithms
+        if self._keysFetched is None:
+            # First verification: fetch the keys (providers may omit kid).
+            yield self._refreshKeys()
         try:
             claims = verifySignature(idToken, self.keys, self.clientSecret, allowHMAC)
         except UnknownKey:
@@ -336,32 +339,33 @@ class OpenIDClient:
         Fetch the JWKS, sharing one fetch between concurrent callers and
         fetching at most once per L{JWKS_REFETCH_INTERVAL}.
         """
-        if self._keysInFlight is not None:
-            return self._keysInFlight
+        waiter: Deferred[KeySet] = Deferred()
+        if self._keyWaiters is not None:
+            self._keyWaiters.append(waiter)
+            return waiter
         now = self.clock.seconds()
         if self._keysFetched is not None and now - self._keysFetched < JWKS_REFETCH_INTERVAL:
-            d: Deferred[KeySet] = Deferred()
-            d.callback(self.keys)
-            return d
+            waiter.callback(self.keys)
+            return waiter
         self._keysFetched = now
+        self._keyWaiters = [waiter]
         metadata = self._require()
-        fetch = self._getJSON(metadata.jwksUri).addCallback(KeySet.fromJWKS)
 
-        def done(keys: KeySet) -> KeySet:
-            self._keysInFlight = None
+        def done(keys: KeySet) -> None:
             self.keys = keys
-            return keys
 
-        def failed(failure: Any) -> KeySet:
-            self._keysInFlight = None
+        def failed(failure: Any) -> None:
             self.log.warn(
                 "{label}: could not fetch JWKS ({reason})", label=self.label, reason=failure.getErrorMessage()
             )
-            return self.keys
 
-        fetch.addCallbacks(done, failed)
-        self._keysInFlight = fetch
-        return fetch
+        def release(_: None) -> None:
+            waiters, self._keyWaiters = self._keyWaiters or [], None
+            for each in waiters:
+                each.callback(self.keys)
+
+        self._getJSON(metadata.jwksUri).addCallback(KeySet.fromJWKS).addCallbacks(done, failed).addCallback(release)
+        return waiter
 
     @inlineCallbacks
     def _userinfo(self, url: str, accessToken: str, sub: str):  # type: ignore[no-untyped-def]
@@ -374,8 +378,11 @@ class OpenIDClient:
             self.log.warn("{label}: userinfo failed ({reason}); using id token claims", label=self.label, reason=e)
             return {}
         if response.code != 200 or not isinstance(body, dict) or body.get("sub") != sub:
-            self.log.warn("{label}: userinfo answer unusable ({code}); using id token claims",
-                          label=self.label, code=response.code)
+            self.log.warn(
+                "{label}: userinfo answer unusable ({code}); using id token claims",
+                label=self.label,
+                code=response.code,
+            )
             return {}
         return body
 

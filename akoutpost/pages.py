@@ -38,6 +38,4 @@ def renderPage(request: Request, status: int, title: str, message: str, link: tu
     anchor = ""
     if link is not None:
         anchor = f'<p><a href="{escape(link[0], quote=True)}">{escape(link[1])}</a></p>'
-    return _TEMPLATE.format(
-        title=escape(title), message=escape(message), link=anchor, status=status
-    ).encode("utf-8")
+    return _TEMPLATE.format(title=escape(title), message=escape(message), link=anchor, status=status).encode("utf-8")

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import warnings
 from typing import Any
-
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
@@ -107,6 +105,10 @@ def _hasBody(request: Request) -> bool:
     return request.requestHeaders.hasHeader(b"transfer-encoding")
 
 
+def _timedOut(result: object, timeout: float) -> None:
+    raise defer.TimeoutError(f"no response from the upstream within {timeout} seconds")
+
+
 class _BodyRelay(Protocol):
     """
     Passes an upstream response body to the client as it arrives, pausing the
@@ -125,7 +127,7 @@ class _BodyRelay(Protocol):
         if not self.clientGone:
             self.request.write(data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.clientGone:
             self.request.unregisterProducer()
             if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
@@ -189,13 +191,16 @@ class UpstreamProxy(ReverseProxyResource):
         sendHost = host or request.getHeader(b"host") or self.origin.split(b"://", 1)[1]
         headers = upstreamHeaders(request, sendHost, trustedPeer)
         body = None
-        if _hasBody(request):
+        if _hasBody(request) and request.content is not None:
             request.content.seek(0)
             body = FileBodyProducer(request.content, cooperator=self.cooperator)
-        request.defaultContentType = None  # type: ignore[assignment]
+        request.defaultContentType = None
         clientGone = [False]
         d = self.agent.request(request.method, target, headers, body)
-        d.addTimeout(self.responseTimeout, self.clock)
+        # The Agent reports a cancelled in-flight request as ResponseNeverReceived,
+        # which addTimeout's default would pass on unchanged (a 502): translate
+        # every timeout into TimeoutError so that it is answered with a 504.
+        d.addTimeout(self.responseTimeout, self.clock, onTimeoutCancel=_timedOut)
 
         def lost(_: Any) -> None:
             clientGone[0] = True
@@ -206,7 +211,9 @@ class UpstreamProxy(ReverseProxyResource):
         d.addErrback(self._failed, request, target, clientGone)
         return NOT_DONE_YET
 
-    def _gotResponse(self, response: IResponse, request: Request, clientGone: list[bool]) -> defer.Deferred[None] | None:
+    def _gotResponse(
+        self, response: IResponse, request: Request, clientGone: list[bool]
+    ) -> defer.Deferred[None] | None:
         if clientGone[0]:
             response.deliverBody(Protocol())
             return None
@@ -215,7 +222,15 @@ class UpstreamProxy(ReverseProxyResource):
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in drop:
                 request.responseHeaders.setRawHeaders(name, list(values))
-        if response.length is not UNKNOWN_LENGTH:
+        if request.method == b"HEAD":
+            # The Agent reports length 0 for HEAD and passes the upstream's
+            # Content-Length (the GET body's size) as an ordinary header.
+            length = response.headers.getRawHeaders(b"content-length")
+            if length:
+                request.setHeader(b"content-length", length[-1])
+        elif response.length is not UNKNOWN_LENGTH and response.code not in (204, 304):
+            # 204 must not carry a Content-Length (RFC 9110 8.6), and a 304's
+            # would describe the cached representation, not 0.
             request.setHeader(b"content-length", str(response.length).encode("ascii"))
         done: defer.Deferred[None] = defer.Deferred()
         relay = _BodyRelay(request, done)
@@ -223,7 +238,7 @@ class UpstreamProxy(ReverseProxyResource):
         def lost(_: Any) -> None:
             relay.clientGone = True
             if relay.transport is not None:
-                relay.transport.stopProducing()
+                relay.transport.stopProducing()  # type: ignore[attr-defined]
 
         request.notifyFinish().addErrback(lost)
         response.deliverBody(relay)
@@ -245,4 +260,3 @@ class UpstreamProxy(ReverseProxyResource):
         body = renderPage(request, status, title, message)
         request.write(body)
         request.finish()
-

@@ -100,8 +100,9 @@ class AkOutpostService(MultiService):
     The root service: shared HTTP agents and every outpost.
     """
 
-    def __init__(self, config: Config, reactor: Any, *, upstreamAgent: IAgent | None = None,
-                 providerAgent: IAgent | None = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, *, upstreamAgent: IAgent | None = None, providerAgent: IAgent | None = None
+    ) -> None:
         super().__init__()
         self.setName("akoutpost")
         self.pool = HTTPConnectionPool(reactor, persistent=True)

@@ -20,8 +20,7 @@ from akoutpost.config import Config, ConfigError, loadConfig
 class Options(usage.Options):
     synopsis = "[--config FILE | --demo]"
     longdesc = (
-        "Run authentik-style proxy outposts: every outpost of the config file, "
-        "or a self-contained demo on 127.0.0.1."
+        "Run authentik-style proxy outposts: every outpost of the config file, or a self-contained demo on 127.0.0.1."
     )
     optParameters = [
         ["config", "c", None, "The TOML config file describing the outposts."],
@@ -46,7 +45,7 @@ class Options(usage.Options):
                 for problem in e.problems:
                     sys.stderr.write(f"  {problem}\n")
                 sys.stderr.flush()
-                raise SystemExit(2)
+                raise SystemExit(2) from None
 
 
 def makeService(options: Any) -> IService:

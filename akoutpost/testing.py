@@ -165,9 +165,7 @@ class _AuthorizationError(Exception):
 class _TokenError(Exception):
     """An RFC 6749 section 5.2 error answer from the token endpoint."""
 
-    def __init__(
-        self, error: str, description: str, status: int = 400, basic: bool = False
-    ) -> None:
+    def __init__(self, error: str, description: str, status: int = 400, basic: bool = False) -> None:
         super().__init__(error, description)
         self.error = error
         self.description = description
@@ -388,9 +386,7 @@ class DevelopmentProvider:
         if client.signing not in _SIGNING_ALGORITHMS:
             raise ValueError(f"client {client.clientId!r}: signing must be RS256 or HS256")
         if not client.clientId or not client.clientSecret or not client.redirectUris:
-            raise ValueError(
-                f"client {client.clientId!r}: id, secret and redirect URIs are required"
-            )
+            raise ValueError(f"client {client.clientId!r}: id, secret and redirect URIs are required")
         for uri in client.redirectUris:
             parts = urlsplit(uri)
             if not parts.scheme or not parts.netloc or parts.fragment or "#" in uri:
@@ -525,24 +521,18 @@ class DevelopmentProvider:
             "none" in prompt,
         )
 
-    def _answerAuthorization(
-        self, request: Request, render: Callable[[_AuthorizationRequest], bytes]
-    ) -> bytes:
+    def _answerAuthorization(self, request: Request, render: Callable[[_AuthorizationRequest], bytes]) -> bytes:
         """Parse the request, answering errors; otherwise hand it to C{render}."""
         try:
             authorization = self._parseAuthorization(_args(request))
         except _UnsafeRedirect as e:
-            return _page(
-                request, "Invalid request", f'<p class="error">{html.escape(str(e))}</p>', 400
-            )
+            return _page(request, "Invalid request", f'<p class="error">{html.escape(str(e))}</p>', 400)
         except _AuthorizationError as e:
             return self._errorRedirect(request, e.redirectUri, e.state, e.error, e.description)
         try:
             return render(authorization)
         except _ParameterError as e:
-            return _page(
-                request, "Invalid request", f'<p class="error">{html.escape(str(e))}</p>', 400
-            )
+            return _page(request, "Invalid request", f'<p class="error">{html.escape(str(e))}</p>', 400)
 
     def _renderAuthorize(self, request: Request) -> bytes:
         def render(authorization: _AuthorizationRequest) -> bytes:
@@ -575,13 +565,9 @@ class DevelopmentProvider:
             password = _param(_args(request), "password") or ""
             user = self._users.get(username)
             if user is None or not hmac.compare_digest(password.encode(), user.password.encode()):
-                self.log.info(
-                    "development provider: failed sign-in for {username!r}", username=username
-                )
+                self.log.info("development provider: failed sign-in for {username!r}", username=username)
                 request.setResponseCode(401)
-                return self._loginForm(
-                    request, authorization, "Invalid username or password.", username
-                )
+                return self._loginForm(request, authorization, "Invalid username or password.", username)
             previous = self._currentSession(request)
             if previous is not None:
                 self._endSession(previous)
@@ -597,9 +583,7 @@ class DevelopmentProvider:
 
         return self._answerAuthorization(request, render)
 
-    def _grant(
-        self, request: Request, authorization: _AuthorizationRequest, session: _Session
-    ) -> bytes:
+    def _grant(self, request: Request, authorization: _AuthorizationRequest, session: _Session) -> bytes:
         code = secrets.token_urlsafe(32)
         expiresAt = self._clock.seconds() + CODE_LIFETIME
         self._codes[code] = _CodeGrant(authorization, session, expiresAt)
@@ -691,9 +675,7 @@ class DevelopmentProvider:
             return _json(request, {"error": "invalid_request", "error_description": str(e)}, 400)
         except _TokenError as e:
             if e.basic:
-                request.setHeader(
-                    b"www-authenticate", b'Basic realm="akoutpost development provider"'
-                )
+                request.setHeader(b"www-authenticate", b'Basic realm="akoutpost development provider"')
             return _json(request, {"error": e.error, "error_description": e.description}, e.status)
         return _json(request, tokens)
 
@@ -714,9 +696,7 @@ class DevelopmentProvider:
             try:
                 decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
             except ValueError:
-                raise _TokenError(
-                    "invalid_client", "malformed Basic credentials", 401, True
-                ) from None
+                raise _TokenError("invalid_client", "malformed Basic credentials", 401, True) from None
             rawId, colon, rawSecret = decoded.partition(":")
             clientId, secret = unquote_plus(rawId), unquote_plus(rawSecret)
             if not colon or (formId is not None and formId != clientId):
@@ -757,9 +737,7 @@ class DevelopmentProvider:
         if authorization.client.clientId != client.clientId:
             raise _TokenError("invalid_grant", "the code was issued to another client")
         if redirectUri != authorization.redirectUri:
-            raise _TokenError(
-                "invalid_grant", "redirect_uri does not match the authorization request"
-            )
+            raise _TokenError("invalid_grant", "redirect_uri does not match the authorization request")
         if now >= grant.expiresAt:
             raise _TokenError("invalid_grant", "the code has expired")
         if authorization.codeChallenge is None:
@@ -773,9 +751,7 @@ class DevelopmentProvider:
             raise _TokenError("invalid_grant", "code_verifier does not match code_challenge")
         accessToken, idToken, userinfo = self._mintTokens(grant, int(now))
         spent.accessTokens.append(accessToken)
-        self._accessTokens[accessToken] = _AccessGrant(
-            userinfo, grant.session.sessionId, now + self._tokenLifetime
-        )
+        self._accessTokens[accessToken] = _AccessGrant(userinfo, grant.session.sessionId, now + self._tokenLifetime)
         return {
             "access_token": accessToken,
             "token_type": "Bearer",
@@ -815,9 +791,7 @@ class DevelopmentProvider:
             "sid": hashlib.sha256(grant.session.sessionId.encode("ascii")).hexdigest(),
             **userinfo,
         }
-        accessToken = self._sign(
-            client, {**common, "jti": secrets.token_hex(16), "scope": grant.request.scope}
-        )
+        accessToken = self._sign(client, {**common, "jti": secrets.token_hex(16), "scope": grant.request.scope})
         idClaims = {**common, "at_hash": _b64(hashlib.sha256(accessToken.encode()).digest()[:16])}
         if grant.request.nonce is not None:
             idClaims["nonce"] = grant.request.nonce
@@ -861,15 +835,11 @@ class DevelopmentProvider:
         realm = 'Bearer realm="akoutpost development provider"'
         if token is None:
             request.setHeader(b"www-authenticate", realm.encode())
-            return _json(
-                request, {"error": "invalid_request", "error_description": "no bearer token"}, 401
-            )
+            return _json(request, {"error": "invalid_request", "error_description": "no bearer token"}, 401)
         grant = self._accessTokens.get(token)
         if grant is None or self._clock.seconds() >= grant.expiresAt:
             request.setHeader(b"www-authenticate", f'{realm}, error="invalid_token"'.encode())
-            return _json(
-                request, {"error": "invalid_token", "error_description": "unknown or expired"}, 401
-            )
+            return _json(request, {"error": "invalid_token", "error_description": "unknown or expired"}, 401)
         return _json(request, grant.userinfo)
 
     def _renderEndSession(self, request: Request) -> bytes:
@@ -882,9 +852,7 @@ class DevelopmentProvider:
         session = self._currentSession(request)
         if session is not None:
             self._endSession(session)
-            self.log.info(
-                "development provider: {username} signed out", username=session.user.username
-            )
+            self.log.info("development provider: {username} signed out", username=session.user.username)
         request.addCookie(
             SESSION_COOKIE, b"", path=b"/", max_age=b"0", expires=b"Thu, 01 Jan 1970 00:00:00 GMT",
             httpOnly=True, sameSite="lax", secure=self._secureCookie,
@@ -894,9 +862,7 @@ class DevelopmentProvider:
             assert target is not None
             state = params.get("state")
             return _redirect(request, _withQuery(target, {"state": state}) if state else target)
-        return _page(
-            request, "Signed out", "<p>You have been signed out of the development provider.</p>"
-        )
+        return _page(request, "Signed out", "<p>You have been signed out of the development provider.</p>")
 
 
 class EchoApplication(Resource):

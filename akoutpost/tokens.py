@@ -19,9 +19,7 @@ from typing import Any
 import josepy
 
 #: The asymmetric algorithms accepted with keys from the provider's JWKS.
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
-)
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
 #: authentik proxy providers without a signing key sign with the client secret.
 HMAC_ALGORITHM = "HS256"
 #: Clock skew tolerated on C{exp}, C{iat} and C{nbf}, in seconds.

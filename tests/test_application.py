@@ -65,7 +65,9 @@ class RecordingAgent:
         self.requests: list[tuple[bytes, bytes, Headers]] = []
         self.down = False
 
-    def request(self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None) -> defer.Deferred[IResponse]:
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
+    ) -> defer.Deferred[IResponse]:
         self.requests.append((method, uri, headers or Headers()))
         if self.down:
             return defer.fail(Failure(ConnectionRefusedError("upstream down")))
@@ -109,17 +111,24 @@ class World:
 
         def table(name: str, **extra: Any) -> dict[str, Any]:
             return providerTable(
-                name=name, external_host=hosts[name], issuer=ISSUER, client_id=f"client-{name}",
-                client_secret=f"secret-{name}", internal_host=f"http://{name}-backend.internal:8080", **extra
+                name=name,
+                external_host=hosts[name],
+                issuer=ISSUER,
+                client_id=f"client-{name}",
+                client_secret=f"secret-{name}",
+                internal_host=f"http://{name}-backend.internal:8080",
+                **extra,
             )
 
-        self.config = config({"main": [table("a", skip_path_regex="^/public/\n\n", access_token_validity=600), table("b")],
-                              "other": [table("c")]})
+        self.config = config(
+            {
+                "main": [table("a", skip_path_regex="^/public/\n\n", access_token_validity=600), table("b")],
+                "other": [table("c")],
+            }
+        )
         self.providerAgent = RequestTraversalAgent(self.idp.resource())
         self.upstream = RecordingAgent(RequestTraversalAgent(EchoApplication()))
-        self.outposts = {
-            o.key: Outpost(o, self.clock, self.upstream, self.providerAgent) for o in self.config.outposts
-        }
+        self.outposts = {o.key: Outpost(o, self.clock, self.upstream, self.providerAgent) for o in self.config.outposts}
         routes: dict[bytes, IResource] = {b"id.example.com": self.idp.resource()}
         for outpost in self.outposts.values():
             resource = OutpostResource(outpost)
@@ -141,7 +150,9 @@ class World:
             self.upstream.agent.flush()  # type: ignore[attr-defined]
             self.browserAgent.flush()
 
-    def get(self, url: str, headers: dict[str, str] | None = None, method: str = "GET", **kwargs: Any) -> tuple[IResponse, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, method: str = "GET", **kwargs: Any
+    ) -> tuple[IResponse, bytes]:
         d = self.browser.request(method, url, headers=headers, allow_redirects=False, **kwargs)
         self.pump()
         response = self.testCase.successResultOf(d)
@@ -197,8 +208,12 @@ class AnonymousTests(SynchronousTestCase):
         self.assertEqual(self.world.upstream.requests, [])
 
     def test_scriptsGet401(self) -> None:
-        for method, headers in [("GET", {"Accept": "application/json"}), ("GET", {}),
-                                ("GET", {**HTML, "X-Requested-With": "XMLHttpRequest"}), ("POST", HTML)]:
+        for method, headers in [
+            ("GET", {"Accept": "application/json"}),
+            ("GET", {}),
+            ("GET", {**HTML, "X-Requested-With": "XMLHttpRequest"}),
+            ("POST", HTML),
+        ]:
             response, _ = self.world.get("https://a.example.com/api", headers, method=method)
             self.assertEqual(response.code, 401, (method, headers))
         self.assertEqual(self.world.upstream.requests, [])
@@ -225,7 +240,9 @@ class AnonymousTests(SynchronousTestCase):
 
     def test_unknownHost(self) -> None:
         for host in ["evil.example.com", "a.example.com.evil.com", "<script>", ""]:
-            d = self.world.browser.request("GET", "https://a.example.com/", headers={"Host": host}, allow_redirects=False)
+            d = self.world.browser.request(
+                "GET", "https://a.example.com/", headers={"Host": host}, allow_redirects=False
+            )
             self.world.pump()
             response = self.successResultOf(d)
             self.assertEqual(response.code, 400, host)
@@ -234,10 +251,14 @@ class AnonymousTests(SynchronousTestCase):
 
     def test_hostVariants(self) -> None:
         for host in ["A.EXAMPLE.COM", "a.example.com.", "a.example.com:443"]:
-            d = self.world.browser.request("GET", "https://a.example.com/", headers={"Host": host, **HTML}, allow_redirects=False)
+            d = self.world.browser.request(
+                "GET", "https://a.example.com/", headers={"Host": host, **HTML}, allow_redirects=False
+            )
             self.world.pump()
             self.assertEqual(self.successResultOf(d).code, 302, host)
-        d = self.world.browser.request("GET", "https://a.example.com/", headers={"Host": "a.example.com:8443"}, allow_redirects=False)
+        d = self.world.browser.request(
+            "GET", "https://a.example.com/", headers={"Host": "a.example.com:8443"}, allow_redirects=False
+        )
         self.world.pump()
         self.assertEqual(self.successResultOf(d).code, 400)
 
@@ -252,8 +273,17 @@ class AnonymousTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["uri"], "/public/page?q=1")
 
     def test_allowlistNotBypassed(self) -> None:
-        for path in ["/public/../admin", "/public/%2e%2e/admin", "/public%2F..%2Fadmin", "/x?/public/", "//public/x",
-                     "/public/..;/admin", "/public/%252e%252e/admin", "/PUBLIC/x", "/public\\..\\admin"]:
+        for path in [
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/public%2F..%2Fadmin",
+            "/x?/public/",
+            "//public/x",
+            "/public/..;/admin",
+            "/public/%252e%252e/admin",
+            "/PUBLIC/x",
+            "/public\\..\\admin",
+        ]:
             response, _ = self.world.get("https://a.example.com" + path, {"Accept": "application/json"})
             self.assertEqual(response.code, 401, path)
         self.assertEqual(self.world.upstream.requests, [])
@@ -262,7 +292,9 @@ class AnonymousTests(SynchronousTestCase):
         response, _ = self.world.get("https://a.example.com/outpost.goauthentik.io/start?rd=https%3A%2F%2Fevil.com%2F")
         state = parse_qs(urlsplit(location(response)).query)["state"][0]
         self.assertNotIn("evil", json.dumps(state))
-        response, _ = self.world.login("https://a.example.com/outpost.goauthentik.io/start?rd=https%3A%2F%2Fevil.com%2F")
+        response, _ = self.world.login(
+            "https://a.example.com/outpost.goauthentik.io/start?rd=https%3A%2F%2Fevil.com%2F"
+        )
         # After login the user lands on the external host, not on evil.com.
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(_)["uri"], "/")
@@ -308,8 +340,12 @@ class LoginTests(SynchronousTestCase):
         self.world.login("https://a.example.com/")
         _, body = self.world.get(
             "https://a.example.com/x",
-            {"X-Authentik-Username": "mallory", "x_authentik_groups": "admins", "X-authentik-other": "1",
-             "X_Forwarded_Host": "evil"},
+            {
+                "X-Authentik-Username": "mallory",
+                "x_authentik_groups": "admins",
+                "X-authentik-other": "1",
+                "X_Forwarded_Host": "evil",
+            },
         )
         headers = echoed(body)
         self.assertEqual(headers["x-authentik-username"], ["akadmin"])
@@ -384,16 +420,41 @@ class LoginTests(SynchronousTestCase):
         self.world.jar.clear()  # type: ignore[attr-defined]
         from http.cookiejar import Cookie
 
-        self.world.jar.set_cookie(Cookie(
-            0, app.config.cookieName, planted, None, False, "a.example.com", False, False, "/", True, False, None,
-            False, None, None, {}))
+        self.world.jar.set_cookie(
+            Cookie(
+                0,
+                app.config.cookieName,
+                planted,
+                None,
+                False,
+                "a.example.com",
+                False,
+                False,
+                "/",
+                True,
+                False,
+                None,
+                False,
+                None,
+                None,
+                {},
+            )
+        )
         response, _ = self.world.login("https://a.example.com/")
         self.assertEqual(response.code, 200)
         self.assertIsNone(self.world.outposts["main"].store.get("attacker-chosen-id", app.key))
 
     def test_backendOverrideAndHostHeader(self) -> None:
-        user = DemoUser("bob", "bob-pw", "sub-bob", "Bob", "bob@example.com", ("users",),
-                        backendOverride="https://other-backend.internal:8443/ignored/path", hostHeader="internal.example")
+        user = DemoUser(
+            "bob",
+            "bob-pw",
+            "sub-bob",
+            "Bob",
+            "bob@example.com",
+            ("users",),
+            backendOverride="https://other-backend.internal:8443/ignored/path",
+            hostHeader="internal.example",
+        )
         world = World(self, users=(user,))
         response, body = world.login("https://a.example.com/p?q", "bob", "bob-pw")
         self.assertEqual(response.code, 200)
@@ -504,7 +565,9 @@ class DownAgent:
     def __init__(self) -> None:
         self.calls = 0
 
-    def request(self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None) -> defer.Deferred[IResponse]:
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
+    ) -> defer.Deferred[IResponse]:
         self.calls += 1
         return defer.fail(Failure(ConnectionRefusedError("provider down")))
 

@@ -57,9 +57,7 @@ def config(*providers: dict[str, object], **outpost: object) -> dict[str, object
 
 
 class _ProblemAssertions(SynchronousTestCase):
-    def assertProblem(
-        self, data: Mapping[str, object], expected: str, baseDir: str = "."
-    ) -> ConfigError:
+    def assertProblem(self, data: Mapping[str, object], expected: str, baseDir: str = ".") -> ConfigError:
         """
         Assert that C{data} is rejected and that one problem line contains
         C{expected}.
@@ -308,9 +306,7 @@ class DerivedFieldTests(_ProblemAssertions):
         app = self.parseOne(client_id="abc")
         self.assertEqual(app.cookieName, "authentik_proxy_ba7816bf")
         app = self.parseOne(client_id="wiki")
-        self.assertEqual(
-            app.cookieName, "authentik_proxy_" + hashlib.sha256(b"wiki").hexdigest()[:8]
-        )
+        self.assertEqual(app.cookieName, "authentik_proxy_" + hashlib.sha256(b"wiki").hexdigest()[:8])
 
 
 class SkipPathRegexTests(_ProblemAssertions):
@@ -348,9 +344,7 @@ class SecretTests(_ProblemAssertions):
     def test_clientSecretFileRelativeToBaseDir(self) -> None:
         self.directory.child("client").setContent(b"from-a-file\n")
         self.directory.child("cookie").setContent(b"cookie-key\r\n")
-        data = config(
-            provider(client_secret=_DROP, client_secret_file="client", cookie_secret_file="cookie")
-        )
+        data = config(provider(client_secret=_DROP, client_secret_file="client", cookie_secret_file="cookie"))
         app = parseConfig(data, self.directory).outposts[0].providers[0]
         self.assertEqual(app.client_secret, "from-a-file")
         self.assertEqual(app.cookie_secret, "cookie-key")
@@ -556,9 +550,7 @@ class ProblemTests(_ProblemAssertions):
             config(http="tcp:nine"),
             "outpost 'main', field 'http': invalid endpoint 'tcp:nine': ValueError:",
         )
-        self.assertProblem(
-            config(metrics="tcp:9300:colour=blue"), "outpost 'main', field 'metrics': invalid endpoint"
-        )
+        self.assertProblem(config(metrics="tcp:9300:colour=blue"), "outpost 'main', field 'metrics': invalid endpoint")
         self.assertProblem(
             config(https="ssl:0:privateKey=/nonexistent/key.pem"),
             "outpost 'main', field 'https': invalid endpoint",
@@ -724,9 +716,7 @@ class LoadConfigTests(SynchronousTestCase):
     def test_missingFile(self) -> None:
         path = self.mktemp()
         error = self.assertRaises(ConfigError, loadConfig, path)
-        self.assertEqual(
-            error.problems, (f"{path}: cannot read the configuration file: No such file or directory",)
-        )
+        self.assertEqual(error.problems, (f"{path}: cannot read the configuration file: No such file or directory",))
 
     def test_invalidTOML(self) -> None:
         path = self.mktemp()

@@ -23,9 +23,13 @@ CLAIMS = {
     "name": "authentik Default Admin",
     "groups": ["foo", "bar"],
     "entitlements": ["bar", "quox"],
-    "ak_proxy": {"user_attributes": {"additionalHeaders": {"X-Extra": "yes", "X_Under": "no", "Bad Name": "x",
-                                                           "X-Number": 3, "X-Bool": True},
-                                     "username": "foo", "password": "baz"}},
+    "ak_proxy": {
+        "user_attributes": {
+            "additionalHeaders": {"X-Extra": "yes", "X_Under": "no", "Bad Name": "x", "X-Number": 3, "X-Bool": True},
+            "username": "foo",
+            "password": "baz",
+        }
+    },
 }
 
 
@@ -89,15 +93,29 @@ class IdentityHeaderTests(SynchronousTestCase):
 
 class SpoofingTests(SynchronousTestCase):
     def test_isSpoofable(self) -> None:
-        for name in [b"X-authentik-username", b"x-AUTHENTIK-uid", b"X_AUTHENTIK_USERNAME", b"X-Authentik_username",
-                     b"x-authentik-anything", b"X_Forwarded_Host", b"x_original_url", b"X_Real_IP"]:
+        for name in [
+            b"X-authentik-username",
+            b"x-AUTHENTIK-uid",
+            b"X_AUTHENTIK_USERNAME",
+            b"X-Authentik_username",
+            b"x-authentik-anything",
+            b"X_Forwarded_Host",
+            b"x_original_url",
+            b"X_Real_IP",
+        ]:
             self.assertTrue(isSpoofable(name), name)
         for name in [b"X-Forwarded-Host", b"Cookie", b"X-Authentikusername", b"My_Header", b"Authorization"]:
             self.assertFalse(isSpoofable(name), name)
 
     def test_strip(self) -> None:
-        headers = Headers({b"X-Authentik-Username": [b"admin"], b"X_AUTHENTIK_GROUPS": [b"admins"],
-                           b"Cookie": [b"a=1", b"b=2"], b"X_Forwarded_Host": [b"evil"]})
+        headers = Headers(
+            {
+                b"X-Authentik-Username": [b"admin"],
+                b"X_AUTHENTIK_GROUPS": [b"admins"],
+                b"Cookie": [b"a=1", b"b=2"],
+                b"X_Forwarded_Host": [b"evil"],
+            }
+        )
         stripSpoofable(headers)
         self.assertEqual(sorted(n for n, _ in headers.getAllRawHeaders()), [b"Cookie"])
         self.assertEqual(headers.getRawHeaders(b"cookie"), [b"a=1", b"b=2"])

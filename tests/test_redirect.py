@@ -60,17 +60,28 @@ class SingleApplicationTests(SynchronousTestCase):
 
 class DomainTests(SynchronousTestCase):
     provider = providerConfig(
-        mode="forward_domain", external_host="https://auth.t.goauthentik.io", cookie_domain="t.goauthentik.io",
+        mode="forward_domain",
+        external_host="https://auth.t.goauthentik.io",
+        cookie_domain="t.goauthentik.io",
         internal_host=None,
     )
 
     def test_insideDomain(self) -> None:
-        for rd in ["https://ext.t.goauthentik.io/test", "http://t.goauthentik.io/", "https://a.b.t.goauthentik.io:8443/x"]:
+        for rd in [
+            "https://ext.t.goauthentik.io/test",
+            "http://t.goauthentik.io/",
+            "https://a.b.t.goauthentik.io:8443/x",
+        ]:
             self.assertEqual(checkRedirect(rd, self.provider), rd)
 
     def test_outsideDomain(self) -> None:
-        for rd in ["https://evilt.goauthentik.io/", "https://t.goauthentik.io.evil.com/", "https://goauthentik.io/",
-                   "https://x.t.goauthentik.io@evil.com/", "javascript://t.goauthentik.io/%0aalert(1)"]:
+        for rd in [
+            "https://evilt.goauthentik.io/",
+            "https://t.goauthentik.io.evil.com/",
+            "https://goauthentik.io/",
+            "https://x.t.goauthentik.io@evil.com/",
+            "javascript://t.goauthentik.io/%0aalert(1)",
+        ]:
             self.assertIsNone(checkRedirect(rd, self.provider), rd)
 
 
@@ -81,9 +92,27 @@ class RedirectPropertyTests(SynchronousTestCase):
     """
 
     @settings(max_examples=400, deadline=None, derandomize=True)
-    @given(st.one_of(st.text(max_size=60), st.builds(lambda a, b: a + b, st.sampled_from(
-        ["https://ext.t.goauthentik.io", "/", "//", "https:", "https://", "\\\\", "http://t.goauthentik.io",
-         "https://a.t.goauthentik.io"]), st.text(max_size=40))))
+    @given(
+        st.one_of(
+            st.text(max_size=60),
+            st.builds(
+                lambda a, b: a + b,
+                st.sampled_from(
+                    [
+                        "https://ext.t.goauthentik.io",
+                        "/",
+                        "//",
+                        "https:",
+                        "https://",
+                        "\\\\",
+                        "http://t.goauthentik.io",
+                        "https://a.t.goauthentik.io",
+                    ]
+                ),
+                st.text(max_size=40),
+            ),
+        )
+    )
     def test_acceptedStaysOnOrigin(self, rd: str) -> None:
         single = SingleApplicationTests.provider
         accepted = checkRedirect(rd, single)

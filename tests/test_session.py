@@ -84,8 +84,19 @@ class CookieSignerTests(SynchronousTestCase):
 
     def test_rejects(self) -> None:
         good = self.signer.sign("abc")
-        for bad in (None, "", "abc", good[:-1], good + "x", "x" + good, good.replace(".", ".."), "." + good.split(".")[1],
-                    "a" * 500, b"\xff\xfe", good.upper()):
+        for bad in (
+            None,
+            "",
+            "abc",
+            good[:-1],
+            good + "x",
+            "x" + good,
+            good.replace(".", ".."),
+            "." + good.split(".")[1],
+            "a" * 500,
+            b"\xff\xfe",
+            good.upper(),
+        ):
             self.assertIsNone(self.signer.unsign(bad), bad)
 
     def test_otherName(self) -> None:

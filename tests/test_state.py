@@ -28,7 +28,9 @@ class LoginStateTests(SynchronousTestCase):
     def test_pkce(self) -> None:
         _, pending = self.states.mint("", "b")
         self.assertTrue(43 <= len(pending.codeVerifier) <= 128)
-        expected = base64.urlsafe_b64encode(hashlib.sha256(pending.codeVerifier.encode()).digest()).rstrip(b"=").decode()
+        expected = (
+            base64.urlsafe_b64encode(hashlib.sha256(pending.codeVerifier.encode()).digest()).rstrip(b"=").decode()
+        )
         self.assertEqual(pending.codeChallenge, expected)
 
     def test_secretsNotInToken(self) -> None:

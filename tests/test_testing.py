@@ -41,9 +41,7 @@ KEY = rsa.generate_private_key(65537, 2048)
 
 
 def _challenge(verifier: str) -> str:
-    return (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    )
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 def _decodeSegment(segment: str) -> Any:
@@ -58,9 +56,7 @@ class _ProviderTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.provider = DevelopmentProvider(
-            ISSUER, [OUTPOST, HS_CLIENT], self.clock, self.users, signingKey=KEY
-        )
+        self.provider = DevelopmentProvider(ISSUER, [OUTPOST, HS_CLIENT], self.clock, self.users, signingKey=KEY)
         # Each StubTreq keeps its own cookie jar: the browser holds the SSO cookie, the back
         # channel (the relying party's token requests) never sees it.
         self.browser = StubTreq(self.provider.resource())
@@ -73,9 +69,7 @@ class _ProviderTestCase(SynchronousTestCase):
 
     def post(self, url: str, data: Any, client: StubTreq | None = None, **kwargs: Any) -> IResponse:
         client = client or self.browser
-        response: IResponse = self.successResultOf(
-            client.post(url, data=data, allow_redirects=False, **kwargs)
-        )
+        response: IResponse = self.successResultOf(client.post(url, data=data, allow_redirects=False, **kwargs))
         return response
 
     def body(self, response: IResponse) -> bytes:
@@ -104,9 +98,7 @@ class _ProviderTestCase(SynchronousTestCase):
     def authorize(self, **overrides: str | None) -> IResponse:
         return self.get(f"{ISSUER}authorize/", params=self.authorizeParams(**overrides))
 
-    def login(
-        self, username: str = "alice", password: str = "alice-demo", **overrides: str | None
-    ) -> IResponse:
+    def login(self, username: str = "alice", password: str = "alice-demo", **overrides: str | None) -> IResponse:
         form = {**self.authorizeParams(**overrides), "username": username, "password": password}
         return self.post(f"{ISSUER}authorize/", form)
 
@@ -216,9 +208,7 @@ class DiscoveryTests(_ProviderTestCase):
 
     def test_constructorRejectsBadConfiguration(self) -> None:
         with self.assertRaises(ValueError):
-            DevelopmentProvider(
-                "http://idp.example/no-slash", [OUTPOST], self.clock, signingKey=KEY
-            )
+            DevelopmentProvider("http://idp.example/no-slash", [OUTPOST], self.clock, signingKey=KEY)
         with self.assertRaises(ValueError):
             bad = ClientRegistration("c", "s", (CALLBACK,), signing="none")
             DevelopmentProvider(ISSUER, [bad], self.clock, signingKey=KEY)
@@ -234,9 +224,7 @@ class DiscoveryTests(_ProviderTestCase):
         self.assertEqual(admin.groups, ("admins", "users"))
         self.assertTrue(admin.isSuperuser)
         self.assertEqual(admin.attributes, {"additionalHeaders": {"X-Demo-Role": "admin"}})
-        self.assertEqual(
-            (alice.username, alice.password, alice.groups), ("alice", "alice-demo", ("users",))
-        )
+        self.assertEqual((alice.username, alice.password, alice.groups), ("alice", "alice-demo", ("users",)))
         self.assertEqual(alice.attributes, {"additionalHeaders": {"X-Demo-Role": "user"}})
         for user in DEMO_USERS:
             self.assertRegex(user.sub, r"^[0-9a-f]{64}$")
@@ -374,9 +362,7 @@ class AuthorizationTests(_ProviderTestCase):
         response = self.get(f"{ISSUER}end-session/", params=allowed)
         self.assertEqual(self.header(response, "location"), "https://app.example/?state=s")
         for target in ["https://evil.example/", "https://app.example/other"]:
-            response = self.get(
-                f"{ISSUER}end-session/", params={"post_logout_redirect_uri": target}
-            )
+            response = self.get(f"{ISSUER}end-session/", params={"post_logout_redirect_uri": target})
             self.assertEqual(response.code, 200)
             self.assertIsNone(self.header(response, "location"))
         self.assertEqual(len(self.provider.endSessionCalls), 3)
@@ -399,9 +385,7 @@ class TokenTests(_ProviderTestCase):
         self.assertEqual(tokens["token_type"], "Bearer")
         self.assertEqual(tokens["expires_in"], 3600)
         self.assertEqual(tokens["scope"], "openid profile email ak_proxy")
-        self.assertEqual(
-            set(tokens), {"access_token", "token_type", "expires_in", "id_token", "scope"}
-        )
+        self.assertEqual(set(tokens), {"access_token", "token_type", "expires_in", "id_token", "scope"})
 
     def test_exchangeWithPostAuth(self) -> None:
         response = self.exchange(self.loginForCode(), auth="post")
@@ -415,9 +399,7 @@ class TokenTests(_ProviderTestCase):
             response = self.exchange(code, auth=auth, client=wrong)
             self.assertEqual(response.code, 401)
             self.assertEqual(self.jsonBody(response)["error"], "invalid_client")
-        response = self.post(
-            f"{ISSUER}token/", {"grant_type": "authorization_code", "code": code}, self.backChannel
-        )
+        response = self.post(f"{ISSUER}token/", {"grant_type": "authorization_code", "code": code}, self.backChannel)
         self.assertEqual((response.code, self.jsonBody(response)["error"]), (401, "invalid_client"))
         self.assertEqual(self.exchange(code).code, 200)
 
@@ -459,9 +441,7 @@ class TokenTests(_ProviderTestCase):
         challenge = {"code_challenge": _challenge(verifier), "code_challenge_method": "S256"}
         for extra in [{"code_verifier": "x" * 50}, {}, {"code_verifier": "short"}]:
             response = self.exchange(self.loginForCode(**challenge), **extra)
-            self.assertEqual(
-                (response.code, self.jsonBody(response)["error"]), (400, "invalid_grant")
-            )
+            self.assertEqual((response.code, self.jsonBody(response)["error"]), (400, "invalid_grant"))
         response = self.exchange(self.loginForCode(), code_verifier=verifier)
         self.assertEqual((response.code, self.jsonBody(response)["error"]), (400, "invalid_grant"))
 
@@ -532,9 +512,7 @@ class ClaimsTests(_ProviderTestCase):
         self.assertEqual(claims["iss"], ISSUER)
         self.assertEqual(claims["aud"], OUTPOST.clientId)
         self.assertEqual(claims["sub"], DEMO_USERS[0].sub)
-        self.assertEqual(
-            (claims["iat"], claims["exp"], claims["auth_time"]), (NOW, NOW + 3600, NOW)
-        )
+        self.assertEqual((claims["iat"], claims["exp"], claims["auth_time"]), (NOW, NOW + 3600, NOW))
         self.assertEqual(claims["nonce"], "nonce-1")
         self.assertEqual(claims["preferred_username"], "akadmin")
         self.assertEqual(claims["email"], "akadmin@example.com")
@@ -579,9 +557,7 @@ class ClaimsTests(_ProviderTestCase):
         )
 
     def test_hs256ClientTokensVerifyWithClientSecret(self) -> None:
-        code = self.loginForCode(
-            HS_CALLBACK, client_id=HS_CLIENT.clientId, redirect_uri=HS_CALLBACK
-        )
+        code = self.loginForCode(HS_CALLBACK, client_id=HS_CLIENT.clientId, redirect_uri=HS_CALLBACK)
         tokens = self.jsonBody(self.exchange(code, client=HS_CLIENT, redirectUri=HS_CALLBACK))
         for token in [tokens["id_token"], tokens["access_token"]]:
             self.assertEqual(_decodeSegment(token.split(".")[0]), {"alg": "HS256", "typ": "JWT"})
@@ -598,12 +574,8 @@ class ClaimsTests(_ProviderTestCase):
         claims = self.jsonBody(response)
         self.assertEqual(claims["sub"], DEMO_USERS[1].sub)
         self.assertEqual(claims["preferred_username"], "alice")
-        self.assertEqual(
-            claims["ak_proxy"]["user_attributes"], {"additionalHeaders": {"X-Demo-Role": "user"}}
-        )
-        posted = self.post(
-            f"{ISSUER}userinfo/", {"access_token": tokens["access_token"]}, self.backChannel
-        )
+        self.assertEqual(claims["ak_proxy"]["user_attributes"], {"additionalHeaders": {"X-Demo-Role": "user"}})
+        posted = self.post(f"{ISSUER}userinfo/", {"access_token": tokens["access_token"]}, self.backChannel)
         self.assertEqual(self.jsonBody(posted), claims)
 
     def test_userinfoWithoutOrWithBadToken(self) -> None:
@@ -629,19 +601,13 @@ class EchoApplicationTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.client = StubTreq(EchoApplication())
 
-    def request(
-        self, method: str, url: str, headers: Headers, data: bytes | None = None
-    ) -> IResponse:
-        response: IResponse = self.successResultOf(
-            self.client.request(method, url, headers=headers, data=data)
-        )
+    def request(self, method: str, url: str, headers: Headers, data: bytes | None = None) -> IResponse:
+        response: IResponse = self.successResultOf(self.client.request(method, url, headers=headers, data=data))
         return response
 
     def test_jsonKeepsRepeatedHeadersApart(self) -> None:
         headers = Headers({"Cookie": ["a=1", "b=2"], "X-authentik-username": ["alice"]})
-        response = self.request(
-            "POST", "http://app.example/some/path;x=1?q=1&q=2", headers, b"hello"
-        )
+        response = self.request("POST", "http://app.example/some/path;x=1?q=1&q=2", headers, b"hello")
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
         document = json.loads(self.successResultOf(self.client.content(response)))
@@ -655,9 +621,7 @@ class EchoApplicationTests(SynchronousTestCase):
     def test_htmlEscapesAndHighlightsAuthentikHeaders(self) -> None:
         headers = Headers({"Accept": ["text/html,*/*"], "X-authentik-name": ["<b>Alice</b>"]})
         response = self.request("GET", "http://app.example/<x>", headers)
-        self.assertEqual(
-            response.headers.getRawHeaders("content-type"), ["text/html; charset=utf-8"]
-        )
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/html; charset=utf-8"])
         page = self.successResultOf(self.client.content(response)).decode()
         self.assertIn("&lt;b&gt;Alice&lt;/b&gt;", page)
         self.assertNotIn("<b>Alice", page)

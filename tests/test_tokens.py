@@ -84,7 +84,9 @@ class SignatureTests(SynchronousTestCase):
         The classic confusion attack: HMAC keyed with the provider's public
         key (which anyone can fetch) never verifies.
         """
-        pem = _RSA.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = _RSA.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         header = {"alg": "HS256", "kid": "k1"}
         payload = claims()
         signingInput = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}".encode()
@@ -120,8 +122,12 @@ class SignatureTests(SynchronousTestCase):
         """
         attacker = josepy.JWKRSA(key=rsa.generate_private_key(65537, 2048))
         jws = josepy.JWS.sign(
-            json.dumps(claims()).encode(), key=attacker, alg=josepy.RS256, protect=frozenset({"alg", "jwk", "kid"}),
-            kid="k1", jwk=attacker.public_key(),
+            json.dumps(claims()).encode(),
+            key=attacker,
+            alg=josepy.RS256,
+            protect=frozenset({"alg", "jwk", "kid"}),
+            kid="k1",
+            jwk=attacker.public_key(),
         )
         self.assertRaises(TokenError, verify, jws.to_compact().decode())
 
@@ -131,11 +137,20 @@ class SignatureTests(SynchronousTestCase):
         self.assertRaises(TokenError, verify, f"{header}.{forged}.{signature}")
 
     def test_malformed(self) -> None:
-        for token in ("", "a.b", "!!!.@@@.###", "a.b.c.d.e", rawToken({"alg": "RS256"}, claims())[:-3] + "%%%", "x" * 70000):
+        for token in (
+            "",
+            "a.b",
+            "!!!.@@@.###",
+            "a.b.c.d.e",
+            rawToken({"alg": "RS256"}, claims())[:-3] + "%%%",
+            "x" * 70000,
+        ):
             self.assertRaises(TokenError, verify, token)
 
     def test_payloadNotObject(self) -> None:
-        jws = josepy.JWS.sign(b"[1,2]", key=josepy.JWKRSA(key=_RSA), alg=josepy.RS256, protect=frozenset({"alg", "kid"}), kid="k1")
+        jws = josepy.JWS.sign(
+            b"[1,2]", key=josepy.JWKRSA(key=_RSA), alg=josepy.RS256, protect=frozenset({"alg", "kid"}), kid="k1"
+        )
         self.assertRaises(TokenError, verify, jws.to_compact().decode())
 
 

@@ -119,23 +119,15 @@ class _LoopbackEndpoints:
         address = self._hosts.get(host)
         if address is None:
             if not _isLoopback(host):
-                raise NetworkRuleViolation(
-                    f"{host} is not mapped to a loopback address"
-                )
+                raise NetworkRuleViolation(f"{host} is not mapped to a loopback address")
             address = "127.0.0.1" if host == "localhost" else host
         endpoint: IStreamClientEndpoint
         if ":" in address:
-            endpoint = TCP6ClientEndpoint(
-                self._reactor, address, uri.port, timeout=self._connectTimeout
-            )
+            endpoint = TCP6ClientEndpoint(self._reactor, address, uri.port, timeout=self._connectTimeout)
         else:
-            endpoint = TCP4ClientEndpoint(
-                self._reactor, address, uri.port, timeout=self._connectTimeout
-            )
+            endpoint = TCP4ClientEndpoint(self._reactor, address, uri.port, timeout=self._connectTimeout)
         if uri.scheme == b"https":
-            endpoint = wrapClientTLS(
-                self._tlsPolicy.creatorForNetloc(uri.host, uri.port), endpoint
-            )
+            endpoint = wrapClientTLS(self._tlsPolicy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
 
 
@@ -155,14 +147,10 @@ def _domainMatches(host: str, domain: str) -> bool:
 def _pathMatches(requestPath: str, cookiePath: str) -> bool:
     if requestPath == cookiePath:
         return True
-    return requestPath.startswith(cookiePath) and (
-        cookiePath.endswith("/") or requestPath[len(cookiePath)] == "/"
-    )
+    return requestPath.startswith(cookiePath) and (cookiePath.endswith("/") or requestPath[len(cookiePath)] == "/")
 
 
-def _parseSetCookie(
-    header: str, host: str, requestPath: str, now: float
-) -> Cookie | None:
+def _parseSetCookie(header: str, host: str, requestPath: str, now: float) -> Cookie | None:
     """
     One C{Set-Cookie} value as a stdlib cookie, or L{None} if a browser would
     ignore it.  A cookie whose C{expires} is not in the future asks for the
@@ -202,9 +190,7 @@ def _parseSetCookie(
     if maxAge is not None:
         expires = now + maxAge if maxAge > 0 else 0
     # Refuse cookies for another site and for a whole top-level domain.
-    if domain and (
-        not _domainMatches(host, domain) or ("." not in domain and domain != host)
-    ):
+    if domain and (not _domainMatches(host, domain) or ("." not in domain and domain != host)):
         return None
     return Cookie(
         version=0,
@@ -283,9 +269,7 @@ class _FormParser(HTMLParser):
         attributes = {key: value or "" for key, value in attrs}
         if tag == "form":
             self._form = Form(
-                action=urljoin(
-                    self._baseURL, attributes.get("action") or self._baseURL
-                ),
+                action=urljoin(self._baseURL, attributes.get("action") or self._baseURL),
                 method=(attributes.get("method") or "GET").upper(),
             )
             self.forms.append(self._form)
@@ -310,9 +294,7 @@ class _FormParser(HTMLParser):
         if tag == "input":
             if kind in ("checkbox", "radio") and "checked" not in attributes:
                 return
-            form.inputs[name] = attributes.get(
-                "value", "on" if kind == "checkbox" else ""
-            )
+            form.inputs[name] = attributes.get("value", "on" if kind == "checkbox" else "")
             form.types[name] = kind
         elif tag == "textarea":
             self._textarea = name
@@ -442,11 +424,7 @@ class Browser:
         host = (parts.hostname or "").lower()
         path = parts.path or "/"
         self.jar.clear_expired_cookies()
-        matching = [
-            cookie
-            for cookie in self.jar
-            if _cookieMatches(cookie, parts.scheme, host, path)
-        ]
+        matching = [cookie for cookie in self.jar if _cookieMatches(cookie, parts.scheme, host, path)]
         # Longer paths first, as RFC 6265 asks (the sort is stable).
         matching.sort(key=lambda cookie: len(cookie.path), reverse=True)
         if not matching:
@@ -518,9 +496,7 @@ class Browser:
             body = await readBody(response)
             return Page(url, response.code, response.headers, body)
 
-        page: Page = await Deferred.fromCoroutine(exchange()).addTimeout(
-            self._timeout, self._reactor
-        )
+        page: Page = await Deferred.fromCoroutine(exchange()).addTimeout(self._timeout, self._reactor)
         self._storeCookies(url, page.headers)
         return page
 
@@ -546,9 +522,7 @@ class Browser:
         @return: the last page and every page in order, the last one included.
         @raise TooManyRedirects: after C{maxHops} redirects.
         """
-        return Deferred.fromCoroutine(
-            self._follow(url, maxHops, method.upper(), form, headers, stopAt)
-        )
+        return Deferred.fromCoroutine(self._follow(url, maxHops, method.upper(), form, headers, stopAt))
 
     async def _follow(
         self,
@@ -623,9 +597,5 @@ def submitLogin(
         ]
         if not candidates:
             continue
-        return browser.submit(
-            form, {candidates[0]: username, passwords[0]: password}, stopAt=stopAt
-        )
-    return fail(
-        ValueError(f"no login form on {page.url} ({page.code}): {page.text[:500]!r}")
-    )
+        return browser.submit(form, {candidates[0]: username, passwords[0]: password}, stopAt=stopAt)
+    return fail(ValueError(f"no login form on {page.url} ({page.code}): {page.text[:500]!r}"))

@@ -47,9 +47,7 @@ def npmProviderAvailable() -> str | None:
     """
     if shutil.which("node") is None:
         return "node is not installed"
-    if not NODE_DIR.descendant(
-        ["node_modules", "oidc-provider", "package.json"]
-    ).exists():
+    if not NODE_DIR.descendant(["node_modules", "oidc-provider", "package.json"]).exists():
         return f"oidc-provider is not installed; run npm ci --prefix {NODE_DIR.path}"
     return None
 
@@ -151,9 +149,7 @@ class NpmProvider:
         return self._waitForExit(STOP_TIMEOUT).addErrback(kill)
 
 
-def startNpmProvider(
-    reactor: Any, config: dict[str, Any], tmpdir: str
-) -> Deferred[NpmProvider]:
+def startNpmProvider(reactor: Any, config: dict[str, Any], tmpdir: str) -> Deferred[NpmProvider]:
     """
     Start the provider and wait until it listens.
 
@@ -184,16 +180,13 @@ def startNpmProvider(
     issuerPath = config.get("issuerPath", "")
 
     def started(port: int) -> NpmProvider:
-        return NpmProvider(
-            port, f"http://127.0.0.1:{port}{issuerPath}", process, reactor, protocol
-        )
+        return NpmProvider(port, f"http://127.0.0.1:{port}{issuerPath}", process, reactor, protocol)
 
     def failed(failure: Failure) -> Failure | Deferred[None]:
         if not failure.check(TimeoutError):
             return failure
         error = ProviderStartError(
-            f"oidc-provider was not ready after {START_TIMEOUT} s:\n"
-            + protocol.stderr.decode("utf-8", "replace")
+            f"oidc-provider was not ready after {START_TIMEOUT} s:\n" + protocol.stderr.decode("utf-8", "replace")
         )
         try:
             process.signalProcess("KILL")
@@ -204,10 +197,6 @@ def startNpmProvider(
             raise error
 
         # Reap it, so that a failing test still leaves a clean reactor.
-        return (
-            protocol.whenEnded().addTimeout(STOP_TIMEOUT, reactor).addBoth(raiseError)
-        )
+        return protocol.whenEnded().addTimeout(STOP_TIMEOUT, reactor).addBoth(raiseError)
 
-    return protocol.ready.addTimeout(START_TIMEOUT, reactor).addCallbacks(
-        started, failed
-    )
+    return protocol.ready.addTimeout(START_TIMEOUT, reactor).addCallbacks(started, failed)

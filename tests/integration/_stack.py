@@ -99,9 +99,7 @@ class OutpostStack:
         self.service.startService()
         self.testCase.addCleanup(self.service.stopService)
         await self.waitFor(
-            lambda: all(
-                client.ready for o in self.service.outposts.values() for client in o.outpost.oidcClients
-            )
+            lambda: all(client.ready for o in self.service.outposts.values() for client in o.outpost.oidcClients)
         )
 
     async def waitFor(self, condition: Callable[[], bool], seconds: float = 20.0) -> None:

@@ -100,9 +100,7 @@ class NpmProviderTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         tmpdir = self.mktemp()
         os.mkdir(tmpdir)
-        self.provider: NpmProvider = await startNpmProvider(
-            reactor, PROVIDER_CONFIG, tmpdir
-        )
+        self.provider: NpmProvider = await startNpmProvider(reactor, PROVIDER_CONFIG, tmpdir)
         self.addCleanup(self.provider.stop)
         self.browser = Browser(reactor)
         self.addCleanup(self.browser.close)
@@ -110,14 +108,10 @@ class NpmProviderTests(TestCase):
         self.addCleanup(pool.closeCachedConnections)
         self.http = HTTPClient(Agent(reactor, pool=pool))
         self.discovery: Any = (
-            await self.browser.request(
-                "GET", self.provider.issuer + "/.well-known/openid-configuration"
-            )
+            await self.browser.request("GET", self.provider.issuer + "/.well-known/openid-configuration")
         ).json()
 
-    async def authorize(
-        self, password: str = "correct horse"
-    ) -> tuple[Page, dict[str, str]]:
+    async def authorize(self, password: str = "correct horse") -> tuple[Page, dict[str, str]]:
         """
         Start a login as an RP would and sign in; return the last page and the
         parameters sent.
@@ -136,9 +130,7 @@ class NpmProviderTests(TestCase):
         url = self.discovery["authorization_endpoint"] + "?" + urlencode(params)
         loginPage, _ = await self.browser.follow(url, stopAt=CALLBACK)
         self.assertEqual(loginPage.code, 200, loginPage.text)
-        page, _ = await submitLogin(
-            self.browser, loginPage, "alice", password, stopAt=CALLBACK
-        )
+        page, _ = await submitLogin(self.browser, loginPage, "alice", password, stopAt=CALLBACK)
         return page, {**params, "code_verifier": verifier}
 
     async def exchange(self, code: str, verifier: str) -> Any:
@@ -169,9 +161,7 @@ class NpmProviderTests(TestCase):
         self.assertIn("S256", self.discovery["code_challenge_methods_supported"])
         for scope in ("entitlements", "ak_proxy"):
             self.assertIn(scope, self.discovery["scopes_supported"])
-        jwks: Any = (
-            await self.browser.request("GET", self.discovery["jwks_uri"])
-        ).json()
+        jwks: Any = (await self.browser.request("GET", self.discovery["jwks_uri"])).json()
         [key] = jwks["keys"]
         self.assertEqual((key["kty"], key["alg"], key["use"]), ("RSA", "RS256", "sig"))
         self.assertNotIn("d", key)
@@ -283,9 +273,7 @@ class NpmProviderTests(TestCase):
         page, params = await self.authorize()
         location = page.location()
         assert location is not None
-        tokens = await self.exchange(
-            _query(location)["code"][0], params["code_verifier"]
-        )
+        tokens = await self.exchange(_query(location)["code"][0], params["code_verifier"])
         confirm, _ = await self.browser.follow(
             self.discovery["end_session_endpoint"]
             + "?"
@@ -427,19 +415,13 @@ class BrowserTests(TestCase):
         """
         await self.browser.request(
             "GET",
-            self.url(
-                "127.0.0.1", "/a/set", set=["s=1; Path=/; HttpOnly", "p=2; Path=/a"]
-            ),
+            self.url("127.0.0.1", "/a/set", set=["s=1; Path=/; HttpOnly", "p=2; Path=/a"]),
         )
-        self.assertEqual(
-            await self.sentCookie(self.url("127.0.0.1", "/a/b")), "p=2; s=1"
-        )
+        self.assertEqual(await self.sentCookie(self.url("127.0.0.1", "/a/b")), "p=2; s=1")
         self.assertEqual(await self.sentCookie(self.url("127.0.0.1", "/ab")), "s=1")
         [s] = [c for c in self.browser.cookies() if c.name == "s"]
         self.assertEqual((s.domain, s.domain_specified), ("127.0.0.1", False))
-        await self.browser.request(
-            "GET", self.url("127.0.0.1", "/", set="s=gone; Path=/; Max-Age=0")
-        )
+        await self.browser.request("GET", self.url("127.0.0.1", "/", set="s=gone; Path=/; Max-Age=0"))
         self.assertEqual(await self.sentCookie(self.url("127.0.0.1", "/")), "")
         self.assertEqual([c.name for c in self.browser.cookies()], ["p"])
 
@@ -460,9 +442,7 @@ class BrowserTests(TestCase):
         echoed: Any = page.json()
         self.assertEqual(echoed["host"], f"app-a.example.test:{self.port}")
         self.assertEqual(echoed["cookie"], "only=a; shared=x")
-        self.assertEqual(
-            await self.sentCookie(self.url("app-b.example.test", "/")), "shared=x"
-        )
+        self.assertEqual(await self.sentCookie(self.url("app-b.example.test", "/")), "shared=x")
         self.assertEqual(await self.sentCookie(self.url("127.0.0.1", "/")), "")
 
     async def test_singleLabelHost(self) -> None:
@@ -472,9 +452,7 @@ class BrowserTests(TestCase):
         """
         await self.browser.request(
             "GET",
-            self.url(
-                "outpost", "/", set=["h=1; Path=/", "d=2; Domain=outpost; Path=/"]
-            ),
+            self.url("outpost", "/", set=["h=1; Path=/", "d=2; Domain=outpost; Path=/"]),
         )
         self.assertEqual(await self.sentCookie(self.url("outpost", "/")), "h=1; d=2")
 
@@ -483,9 +461,7 @@ class BrowserTests(TestCase):
         A request to a host that is neither loopback nor mapped fails before
         connecting.
         """
-        self.failureResultOf(
-            self.browser.request("GET", "http://example.com/"), NetworkRuleViolation
-        )
+        self.failureResultOf(self.browser.request("GET", "http://example.com/"), NetworkRuleViolation)
 
     async def test_followRedirects(self) -> None:
         """

@@ -26,8 +26,12 @@ class OutpostWalkTests(TestCase):
         self.provider = DevelopmentProvider(
             issuer,
             [
-                ClientRegistration(f"client-{name}", f"secret-{name}", (redirectUri(self.stack.external[name]),),
-                                   signing="HS256" if name == "b" else "RS256")
+                ClientRegistration(
+                    f"client-{name}",
+                    f"secret-{name}",
+                    (redirectUri(self.stack.external[name]),),
+                    signing="HS256" if name == "b" else "RS256",
+                )
                 for name in PROVIDERS
             ],
             reactor,
@@ -71,7 +75,9 @@ class OutpostWalkTests(TestCase):
         alice = DEMO_USERS[1]
         page = await self.stack.login("a", "/", alice.username, alice.password)
         self.assertEqual(page.code, 200)
-        page = await self.stack.browser.request("GET", self.stack.external["a"] + "/", headers={"Accept": "application/json"})
+        page = await self.stack.browser.request(
+            "GET", self.stack.external["a"] + "/", headers={"Accept": "application/json"}
+        )
         headers = echoed(page)
         jwks = await self.stack.browser.request("GET", headers["x-authentik-meta-jwks"][0])
         key = josepy.JWK.from_json(jwks.json()["keys"][0])  # type: ignore[index]
