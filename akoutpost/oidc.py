@@ -177,6 +177,7 @@ class OpenIDClient:
         self._keysFetched: float | None = None
         self._keyWaiters: list[Deferred[KeySet]] | None = None
         self._retry: IDelayedCall | None = None
+        self._discovering: Deferred[None] | None = None
         self._backoff = BACKOFF_INITIAL
         self._stopped = False
 
@@ -195,6 +196,8 @@ class OpenIDClient:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        if self._discovering is not None:
+            self._discovering.cancel()
 
     @property
     def ready(self) -> bool:
@@ -225,6 +228,13 @@ class OpenIDClient:
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
         d.addCallbacks(found, failed)
+        if not d.called:
+            self._discovering = d
+
+            def settled(_: None) -> None:
+                self._discovering = None
+
+            d.addCallback(settled)
 
     def _require(self) -> ProviderMetadata:
         if self.metadata is None:

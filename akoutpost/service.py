@@ -15,13 +15,22 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
 
 from akoutpost.config import Config, OutpostConfig
 from akoutpost.outpost import Outpost
 
 SWEEP_INTERVAL = 60.0
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without a log line for every upstream
+    connection opened and closed.
+    """
+
+    noisy = False
 
 
 class OutpostService(MultiService):
@@ -108,6 +117,7 @@ class AkOutpostService(MultiService):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
         self.pool.cachedConnectionTimeout = 50
+        self.pool._factory = _QuietClientFactory
         if upstreamAgent is None:
             upstreamAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
         if providerAgent is None:

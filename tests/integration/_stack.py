@@ -69,7 +69,13 @@ class OutpostStack:
         self.browser = Browser(reactor, HOSTS)
         testCase.addCleanup(self.browser.close)
 
-    async def start(self, issuer: str, clients: dict[str, tuple[str, str]], skip: str = "^/public/") -> None:
+    async def start(
+        self,
+        issuer: str,
+        clients: dict[str, tuple[str, str]],
+        skip: str = "^/public/",
+        waitForDiscovery: bool = True,
+    ) -> None:
         """
         Start both outposts against C{issuer} and wait until every provider
         has been discovered.
@@ -98,6 +104,8 @@ class OutpostStack:
         self.service = AkOutpostService(parseConfig({"outposts": outposts}), reactor)
         self.service.startService()
         self.testCase.addCleanup(self.service.stopService)
+        if not waitForDiscovery:
+            return
         await self.waitFor(
             lambda: all(client.ready for o in self.service.outposts.values() for client in o.outpost.oidcClients)
         )

@@ -11,7 +11,7 @@ from twisted.web.server import Site
 
 from akoutpost.testing import DEMO_USERS, ClientRegistration, DevelopmentProvider
 
-from ._stack import PROVIDERS, OutpostStack, echoed, reactor, redirectUri
+from ._stack import PROVIDERS, OutpostStack, echoed, freePort, reactor, redirectUri
 
 
 class OutpostWalkTests(TestCase):
@@ -83,3 +83,26 @@ class OutpostWalkTests(TestCase):
         key = josepy.JWK.from_json(jwks.json()["keys"][0])  # type: ignore[index]
         token = josepy.JWS.from_compact(headers["x-authentik-jwt"][0].encode())
         self.assertTrue(token.verify(key))
+
+
+class ProviderDownTests(TestCase):
+    """
+    The OpenID provider is unreachable when the outposts start.
+    """
+
+    timeout = 30
+
+    async def test_pingWorksLoginAnswers503(self) -> None:
+        stack = OutpostStack(self)
+        issuer = f"http://127.0.0.1:{freePort()}/application/o/down/"
+        clients = {name: (f"client-{name}", f"secret-{name}") for name in PROVIDERS}
+        await stack.start(issuer, clients, waitForDiscovery=False)
+        page = await stack.browser.request("GET", stack.external["a"] + "/outpost.goauthentik.io/ping")
+        self.assertEqual(page.code, 204)
+        page = await stack.browser.request("GET", stack.external["a"] + "/outpost.goauthentik.io/start")
+        self.assertEqual(page.code, 503)
+        self.assertIn("cannot be reached", page.text)
+        page, chain = await stack.browser.follow(stack.external["a"] + "/private")
+        self.assertEqual([p.code for p in chain], [302, 503])
+        page = await stack.browser.request("GET", stack.external["a"] + "/x", headers={"Accept": "application/json"})
+        self.assertEqual(page.code, 401)
