@@ -16,12 +16,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from akoutpost.application import OUTPOST_PREFIX, Application
-from akoutpost.config import OutpostConfig
+from akoutpost.config import OutpostConfig, hostKey
 from akoutpost.headers import stripSpoofable
 from akoutpost.oidc import OpenIDClient
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
-from akoutpost.redirect import hostKey
 from akoutpost.session import SessionStore
 
 _PING = f"{OUTPOST_PREFIX}/ping".encode("ascii")

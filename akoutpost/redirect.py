@@ -13,26 +13,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from akoutpost.config import ProviderConfig
+from akoutpost.config import ProviderConfig, hostKey
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _hasUnsafeCharacters(value: str) -> bool:
     return any(c == "\\" or ord(c) <= 0x20 or ord(c) == 0x7F for c in value)
-
-
-def hostKey(scheme: str, hostname: str, port: int | None) -> str:
-    """
-    The canonical C{host[:port]} used to compare hosts: lower case, no
-    trailing dot, no default port, IPv6 in brackets.
-    """
-    host = hostname.lower().rstrip(".")
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return host
-    return f"{host}:{port}"
 
 
 def checkRedirect(rd: str | None, provider: ProviderConfig) -> str | None:
