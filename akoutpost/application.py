@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from akoutpost.config import ProviderConfig
-from akoutpost.headers import IdentityContext, applyHeaders, identityHeaders
+from akoutpost.headers import IdentityContext, applyHeaders, identityHeaders, stripCookies
 from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
@@ -152,6 +152,7 @@ class Application:
         self.base = self.origin + config.externalPath
         self.redirectUri = f"{self.base}{OUTPOST_PREFIX}/callback?{CALLBACK_SIGNATURE}=true"
         self.secure = config.externalScheme == "https"
+        self.ownCookies = frozenset({config.cookieName.encode("ascii"), self.loginCookie.cookieName.encode("ascii")})
 
     # Dispatch
 
@@ -358,6 +359,7 @@ class Application:
         originalHost = request.getHeader(b"host") or b""
         trusted = self.isTrusted(request)
         session = self.currentSession(request)
+        stripCookies(request.requestHeaders, self.ownCookies)
         if session is not None:
             applyHeaders(
                 request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())

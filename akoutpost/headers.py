@@ -87,6 +87,30 @@ def stripSpoofable(headers: Headers) -> None:
         headers.removeHeader(name)
 
 
+def stripCookies(headers: Headers, names: frozenset[bytes]) -> None:
+    """
+    Remove the cookies called C{names} from every C{Cookie} line of
+    C{headers}, in place, keeping every other cookie and the lines' order.
+    The outpost's own cookies are of no use to an upstream, which could
+    only leak them (into its logs, say).
+    """
+    lines = headers.getRawHeaders(b"cookie")
+    if not lines:
+        return
+    kept = []
+    for line in lines:
+        pairs = line.split(b";")
+        remaining = [p for p in pairs if p.strip().partition(b"=")[0].strip() not in names]
+        if len(remaining) == len(pairs):
+            kept.append(line)
+        elif any(p.strip() for p in remaining):
+            kept.append(b";".join(remaining).strip())
+    if kept:
+        headers.setRawHeaders(b"cookie", kept)
+    else:
+        headers.removeHeader(b"cookie")
+
+
 def _text(value: object) -> str:
     if isinstance(value, str):
         return value

@@ -7,7 +7,14 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from akoutpost.headers import VERSION_HEADER_VALUE, IdentityContext, identityHeaders, isSpoofable, stripSpoofable
+from akoutpost.headers import (
+    VERSION_HEADER_VALUE,
+    IdentityContext,
+    identityHeaders,
+    isSpoofable,
+    stripCookies,
+    stripSpoofable,
+)
 
 CONTEXT = IdentityContext(
     outpostName="authentik Embedded Outpost",
@@ -119,3 +126,25 @@ class SpoofingTests(SynchronousTestCase):
         stripSpoofable(headers)
         self.assertEqual(sorted(n for n, _ in headers.getAllRawHeaders()), [b"Cookie"])
         self.assertEqual(headers.getRawHeaders(b"cookie"), [b"a=1", b"b=2"])
+
+
+class StripCookiesTests(SynchronousTestCase):
+    names = frozenset({b"authentik_proxy_abc", b"authentik_proxy_abc_login"})
+
+    def strip(self, *lines: bytes) -> list[bytes] | None:
+        headers = Headers({b"Cookie": list(lines)}) if lines else Headers()
+        stripCookies(headers, self.names)
+        return headers.getRawHeaders(b"cookie")
+
+    def test_ownCookiesRemoved(self) -> None:
+        self.assertEqual(
+            self.strip(b"a=1; authentik_proxy_abc=x.y; b=2", b"authentik_proxy_abc_login=z"), [b"a=1; b=2"]
+        )
+
+    def test_othersUntouched(self) -> None:
+        self.assertEqual(self.strip(b"a=1;b=2", b"c=3"), [b"a=1;b=2", b"c=3"])
+        self.assertEqual(self.strip(b"authentik_proxy_other=1"), [b"authentik_proxy_other=1"])
+
+    def test_onlyOwn(self) -> None:
+        self.assertIsNone(self.strip(b"authentik_proxy_abc=1"))
+        self.assertIsNone(self.strip())
