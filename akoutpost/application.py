@@ -262,6 +262,11 @@ class Application:
             return renderPage(request, 400, "Invalid login", "The login provider sent no authorization code.", restart)
         if not self.oidc.ready:
             return self._unavailable(request)
+        issuer = _first(args, "iss")
+        if issuer is not None and self.oidc.metadata is not None and issuer != self.oidc.metadata.issuer:
+            # RFC 9207: the answer came from another provider (mix-up attack).
+            self.log.warn("{provider}: callback from issuer {iss!r} refused", provider=self.config.name, iss=issuer)
+            return renderPage(request, 400, "Invalid login", "The login answer came from another provider.", restart)
         finished = [False]
         request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
         d = self.oidc.redeem(code, self.redirectUri, pending.codeVerifier, pending.nonce)
@@ -366,7 +371,9 @@ class Application:
             )
             request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
             origin, host = self._override(session, originalHost)
-            return self.proxy.forward(request, origin=origin, host=host, trustedPeer=trusted)
+            proxyClaims = session.claims.get("ak_proxy")
+            superuser = isinstance(proxyClaims, dict) and proxyClaims.get("is_superuser") is True
+            return self.proxy.forward(request, origin=origin, host=host, trustedPeer=trusted, showErrors=superuser)
         if self.isAllowlisted(request):
             request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
             return self.proxy.forward(request, trustedPeer=trusted)

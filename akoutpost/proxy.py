@@ -179,6 +179,7 @@ class UpstreamProxy(ReverseProxyResource):
         origin: bytes | None = None,
         host: bytes | None = None,
         trustedPeer: bool = False,
+        showErrors: bool = False,
     ) -> int:
         """
         Send C{request} upstream and relay the answer.
@@ -186,6 +187,8 @@ class UpstreamProxy(ReverseProxyResource):
         @param origin: Another upstream for this request (a session's
             C{backend_override}).
         @param host: The C{Host} to send; defaults to the client's.
+        @param showErrors: Whether an error page may show the upstream's
+            error text (for superusers, as authentik does).
         """
         target = (origin or self.origin) + request.uri
         sendHost = host or request.getHeader(b"host") or self.origin.split(b"://", 1)[1]
@@ -208,7 +211,7 @@ class UpstreamProxy(ReverseProxyResource):
 
         request.notifyFinish().addErrback(lost)
         d.addCallback(self._gotResponse, request, clientGone)
-        d.addErrback(self._failed, request, target, clientGone)
+        d.addErrback(self._failed, request, target, clientGone, showErrors)
         return NOT_DONE_YET
 
     def _gotResponse(
@@ -244,7 +247,9 @@ class UpstreamProxy(ReverseProxyResource):
         response.deliverBody(relay)
         return done
 
-    def _failed(self, failure: Failure, request: Request, target: bytes, clientGone: list[bool]) -> None:
+    def _failed(
+        self, failure: Failure, request: Request, target: bytes, clientGone: list[bool], showErrors: bool = False
+    ) -> None:
         if clientGone[0]:
             return
         if request.startedWriting:
@@ -257,6 +262,8 @@ class UpstreamProxy(ReverseProxyResource):
         self.log.warn(
             "upstream {target} failed: {reason}", target=target.decode("latin-1"), reason=failure.getErrorMessage()
         )
+        if showErrors:
+            message += f" ({failure.getErrorMessage() or failure.type.__name__})"
         body = renderPage(request, status, title, message)
         request.write(body)
         request.finish()

@@ -465,11 +465,19 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-host"), [b"a.example.com"])
 
     def test_upstreamDown(self) -> None:
-        self.world.login("https://a.example.com/")
+        self.world.login("https://a.example.com/", "alice", "alice-demo")
         self.world.upstream.down = True
         response, body = self.world.get("https://a.example.com/x", HTML)
         self.assertEqual(response.code, 502)
         self.assertIn(b"Bad Gateway", body)
+        self.assertNotIn(b"upstream down", body)
+
+    def test_upstreamErrorShownToSuperusers(self) -> None:
+        self.world.login("https://a.example.com/")
+        self.world.upstream.down = True
+        response, body = self.world.get("https://a.example.com/x", HTML)
+        self.assertEqual(response.code, 502)
+        self.assertIn(b"upstream down", body)
 
 
 class CallbackTests(SynchronousTestCase):
@@ -553,6 +561,10 @@ class CallbackTests(SynchronousTestCase):
         self.assertIn(b"access_denied", body)
         self.assertIn(b"&lt;b&gt;no&lt;/b&gt;", body)
         self.assertEqual(len(self.store), 0)
+
+    def test_issuerMixUp(self) -> None:
+        url = self.startLogin().replace("iss=https", "iss=https%3A%2F%2Fevil.example.com%2F&x=https")
+        self.assertRejected(url)
 
     def test_callbackOnAnyPath(self) -> None:
         url = urlsplit(self.startLogin())
