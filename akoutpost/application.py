@@ -60,7 +60,7 @@ def _signature(args: Mapping[str, list[str]], name: str) -> bool:
     return value is not None and value.lower() == "true"
 
 
-_SEGMENT_PARAMS = re.compile(r";.*$")
+_ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
 
 
 def allowlistPath(rawPath: bytes) -> str | None:
@@ -69,25 +69,27 @@ def allowlistPath(rawPath: bytes) -> str | None:
     when the path is ambiguous and must never be let through without login.
 
     Ambiguous means that servers may read it as another path than its
-    characters say: dot segments (also percent-encoded, also behind C{;}
-    parameters, also double-encoded), empty segments, encoded slashes,
-    backslashes and control characters.
+    characters say: dot segments (also percent-encoded or double-encoded),
+    C{;} path parameters, empty segments, encoded slashes, backslashes and
+    control characters.
     """
     text = rawPath.decode("latin-1")
-    if "\\" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if "\\" in text or ";" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        # ";" starts path parameters that some servers (Tomcat, Spring) drop
+        # before routing: "/admin;x.css" would match a "\.css$" rule.
         return None
     lowered = text.lower()
     if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
         return None
     decoded = unquote(text, encoding="utf-8", errors="replace")
     for candidate in (decoded, unquote(decoded, encoding="utf-8", errors="replace")):
-        if "\\" in candidate or any(ord(c) < 0x20 for c in candidate):
+        if "\\" in candidate or ";" in candidate or any(ord(c) < 0x20 for c in candidate):
             return None
         segments = candidate.split("/")
         if not candidate.startswith("/") or "" in segments[1:-1]:
             return None
         for segment in segments:
-            if _SEGMENT_PARAMS.sub("", segment) in (".", ".."):
+            if segment in (".", ".."):
                 return None
     return decoded
 
@@ -244,22 +246,28 @@ class Application:
         restart = (self.base + "/", "Start again")
         error = _first(args, "error")
         if error is not None:
-            description = _first(args, "error_description") or ""
-            self.log.info("{provider}: the provider refused the login: {error}", provider=self.config.name, error=error)
+            self.log.info(
+                "{provider}: the provider refused the login: {error} {description}",
+                provider=self.config.name,
+                error=error[:100],
+                description=(_first(args, "error_description") or "")[:200],
+            )
             status = 403 if error == "access_denied" else 400
-            message = f"The login provider refused the login ({error})."
-            if description:
-                message += f" {description}"
-            return renderPage(request, status, "Login refused", message, restart)
+            # Only an RFC 6749 error code is shown: free text from the URL on
+            # the application's own origin would be a phishing aid.
+            shown = error if _ERROR_CODE.match(error) else "unknown error"
+            return renderPage(
+                request, status, "Login refused", f"The login provider refused the login ({shown}).", restart
+            )
+        code = _first(args, "code")
+        if not code:
+            return renderPage(request, 400, "Invalid login", "The login provider sent no authorization code.", restart)
         binding = self.loginCookie.unsign(request.getCookie(self.loginCookie.cookieName.encode("ascii")))
         try:
             pending = self.states.redeem(_first(args, "state"), binding)
         except InvalidState as e:
             self.log.info("{provider}: rejected login callback: {reason}", provider=self.config.name, reason=str(e))
             return renderPage(request, 400, "Invalid login", "This login link is invalid or has expired.", restart)
-        code = _first(args, "code")
-        if not code:
-            return renderPage(request, 400, "Invalid login", "The login provider sent no authorization code.", restart)
         if not self.oidc.ready:
             return self._unavailable(request)
         issuer = _first(args, "iss")
@@ -287,7 +295,6 @@ class Application:
                 user=session.claims.get("preferred_username") or session.sub,
             )
             self._setCookie(request, self.config.cookieName, self.sessionCookie.sign(session.sessionId), int(lifetime))
-            self._setCookie(request, self.loginCookie.cookieName, "", 0)
             request.write(self._redirect(request, pending.redirect or self.base + "/"))
             request.finish()
 
@@ -320,7 +327,7 @@ class Application:
         session = self.currentSession(request)
         idToken = ""
         if session is not None:
-            ended = self.store.logoutSubject(session.sub)
+            ended = self.store.logoutUser(session.user)
             idToken = session.idToken
             self.log.info(
                 "{provider}: {user} signed out ({count} sessions ended in outpost {outpost})",
@@ -369,14 +376,19 @@ class Application:
             applyHeaders(
                 request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())
             )
-            request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
             origin, host = self._override(session, originalHost)
             proxyClaims = session.claims.get("ak_proxy")
             superuser = isinstance(proxyClaims, dict) and proxyClaims.get("is_superuser") is True
-            return self.proxy.forward(request, origin=origin, host=host, trustedPeer=trusted, showErrors=superuser)
+            return self.proxy.forward(
+                request,
+                origin=origin,
+                host=host,
+                trustedPeer=trusted,
+                showErrors=superuser,
+                forwardedHost=originalHost,
+            )
         if self.isAllowlisted(request):
-            request.requestHeaders.setRawHeaders(b"x-forwarded-host", [originalHost])
-            return self.proxy.forward(request, trustedPeer=trusted)
+            return self.proxy.forward(request, trustedPeer=trusted, forwardedHost=originalHost)
         if self.config.intercept_header_auth and request.requestHeaders.hasHeader(b"authorization"):
             return renderPage(
                 request,

@@ -97,6 +97,12 @@ def hostKey(scheme: str, hostname: str, port: int | None) -> str:
     the default one of C{scheme}.
     """
     host = hostname.lower().rstrip(".")
+    if not host.isascii():
+        # Browsers send internationalised names in their IDNA form.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
     if ":" in host:
         host = f"[{host}]"
     if port is None or port == _DEFAULT_PORTS.get(scheme.lower()):

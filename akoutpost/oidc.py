@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from akoutpost.tokens import KeySet, TokenError, UnknownKey, checkClaims, verifySignature
+from akoutpost.tokens import KeySet, SignatureMismatch, TokenError, UnknownKey, checkClaims, verifySignature
 
 MAX_DOCUMENT_SIZE = 1024 * 1024
 REQUEST_TIMEOUT = 10.0
@@ -338,7 +338,9 @@ class OpenIDClient:
             yield self._refreshKeys()
         try:
             claims = verifySignature(idToken, self.keys, self.clientSecret, allowHMAC)
-        except UnknownKey:
+        except (UnknownKey, SignatureMismatch):
+            # A new kid, or a provider without kids that rotated its key:
+            # fetch the keys again (at most every JWKS_REFETCH_INTERVAL).
             yield self._refreshKeys()
             claims = verifySignature(idToken, self.keys, self.clientSecret, allowHMAC)
         checkClaims(claims, metadata.issuer, self.clientId, self.clock.seconds(), nonce)

@@ -67,7 +67,14 @@ class Outpost:
         clock: IReactorTime,
         upstreamAgent: IAgent,
         providerAgent: IAgent,
+        unverifiedUpstreamAgent: IAgent | None = None,
     ) -> None:
+        """
+        @param upstreamAgent: Sends to upstreams, verifying their certificates.
+        @param providerAgent: Talks to the OpenID providers.
+        @param unverifiedUpstreamAgent: Sends to the upstreams of providers
+            with C{internal_host_ssl_validation = false}.
+        """
         self.config = config
         self.clock = clock
         self.store = SessionStore(clock)
@@ -83,7 +90,10 @@ class Outpost:
             )
             proxy = None
             if provider.mode == "proxy":
-                proxy = UpstreamProxy(provider.internal_host, upstreamAgent, clock)
+                agent = upstreamAgent
+                if not provider.internal_host_ssl_validation and unverifiedUpstreamAgent is not None:
+                    agent = unverifiedUpstreamAgent
+                proxy = UpstreamProxy(provider.internal_host, agent, clock)
             self.applications[provider.externalHostKey] = Application(
                 provider, config.name, self.store, client, clock, proxy, self.isTrusted
             )
@@ -100,9 +110,11 @@ class Outpost:
         if not isinstance(peer, str):
             return False
         try:
-            address = ipaddress.ip_address(peer)
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
         return any(address in network for network in self.config.trusted_proxies)
 
     def applicationFor(self, request: Request) -> Application | None:

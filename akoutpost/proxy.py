@@ -56,6 +56,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+#: Headers that describe the client or the original request: only a trusted
+#: front proxy may send them.
+_FORWARDING_PREFIXES = (b"x-forwarded-", b"x-original-")
+_FORWARDING_NAMES = frozenset({b"x-real-ip", b"forwarded", b"x-client-ip", b"true-client-ip"})
+
 DEFAULT_RESPONSE_TIMEOUT = 60.0
 
 
@@ -66,21 +71,31 @@ def _connectionTokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
-def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool) -> Headers:
+def _isForwarding(name: bytes) -> bool:
+    return name.startswith(_FORWARDING_PREFIXES) or name in _FORWARDING_NAMES
+
+
+def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool, forwardedHost: bytes | None = None) -> Headers:
     """
     The headers to send upstream for C{request}: every end-to-end header in
-    order with repeats kept, C{Host}, and C{X-Forwarded-For}/C{-Proto}.
+    order with repeats kept, C{Host}, and C{X-Forwarded-For}/C{-Proto}/C{-Host}.
 
-    @param trustedPeer: Whether the peer is a trusted proxy whose
+    @param trustedPeer: Whether the peer is a trusted proxy.  Only a trusted
+        proxy's forwarding headers (C{X-Forwarded-*}, C{X-Original-*},
+        C{X-Real-IP}, C{Forwarded}) are passed on, and its
         C{X-Forwarded-For} is appended to rather than replaced.
+    @param forwardedHost: The C{X-Forwarded-Host} to send, if any.
     """
     incoming = request.requestHeaders
-    drop = HOP_BY_HOP | _connectionTokens(incoming) | {b"x-forwarded-for", b"x-forwarded-proto"}
+    drop = HOP_BY_HOP | _connectionTokens(incoming) | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
     headers = Headers()
     for name, values in incoming.getAllRawHeaders():
-        if name.lower() not in drop:
+        lower = name.lower()
+        if lower not in drop and (trustedPeer or not _isForwarding(lower)):
             headers.setRawHeaders(name, list(values))
     headers.setRawHeaders(b"host", [host])
+    if forwardedHost is not None:
+        headers.setRawHeaders(b"x-forwarded-host", [forwardedHost])
     peer = request.getClientAddress()
     peerHost = getattr(peer, "host", None)
     chain = []
@@ -180,6 +195,7 @@ class UpstreamProxy(ReverseProxyResource):
         host: bytes | None = None,
         trustedPeer: bool = False,
         showErrors: bool = False,
+        forwardedHost: bytes | None = None,
     ) -> int:
         """
         Send C{request} upstream and relay the answer.
@@ -192,7 +208,7 @@ class UpstreamProxy(ReverseProxyResource):
         """
         target = (origin or self.origin) + request.uri
         sendHost = host or request.getHeader(b"host") or self.origin.split(b"://", 1)[1]
-        headers = upstreamHeaders(request, sendHost, trustedPeer)
+        headers = upstreamHeaders(request, sendHost, trustedPeer, forwardedHost)
         body = None
         if _hasBody(request) and request.content is not None:
             request.content.seek(0)
@@ -263,7 +279,7 @@ class UpstreamProxy(ReverseProxyResource):
             "upstream {target} failed: {reason}", target=target.decode("latin-1"), reason=failure.getErrorMessage()
         )
         if showErrors:
-            message += f" ({failure.getErrorMessage() or failure.type.__name__})"
+            message += f" ({failure.getErrorMessage() or failure.value.__class__.__name__})"
         body = renderPage(request, status, title, message)
         request.write(body)
         request.finish()

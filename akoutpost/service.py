@@ -20,6 +20,7 @@ from twisted.web.iweb import IAgent
 
 from akoutpost.config import Config, OutpostConfig
 from akoutpost.outpost import Outpost
+from akoutpost.tls import NoVerificationPolicy
 
 SWEEP_INTERVAL = 60.0
 
@@ -40,12 +41,19 @@ class OutpostService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: OutpostConfig, reactor: Any, upstreamAgent: IAgent, providerAgent: IAgent) -> None:
+    def __init__(
+        self,
+        config: OutpostConfig,
+        reactor: Any,
+        upstreamAgent: IAgent,
+        providerAgent: IAgent,
+        unverifiedUpstreamAgent: IAgent | None = None,
+    ) -> None:
         super().__init__()
         self.setName(config.key)
         self.config = config
         self.reactor = reactor
-        self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent)
+        self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent, unverifiedUpstreamAgent)
         self._sweeper: LoopingCall | None = None
         self.listeners: list[StreamServerEndpointService] = []
         site = self.outpost.site()
@@ -122,9 +130,12 @@ class AkOutpostService(MultiService):
             upstreamAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
         if providerAgent is None:
             providerAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
+        unverified = None
+        if any(not p.internal_host_ssl_validation for o in config.outposts for p in o.providers):
+            unverified = Agent(reactor, contextFactory=NoVerificationPolicy(), pool=self.pool)
         self.outposts: dict[str, OutpostService] = {}
         for outpost in config.outposts:
-            service = OutpostService(outpost, reactor, upstreamAgent, providerAgent)
+            service = OutpostService(outpost, reactor, upstreamAgent, providerAgent, unverified)
             service.setServiceParent(self)
             self.outposts[outpost.key] = service
 

@@ -59,6 +59,15 @@ class Session:
     def sub(self) -> str:
         return str(self.claims.get("sub", ""))
 
+    @property
+    def user(self) -> tuple[str, str]:
+        """
+        Who the session belongs to: the issuer and the subject, since two
+        providers of an outpost may use different OpenID providers whose
+        subjects could collide.
+        """
+        return (str(self.claims.get("iss", "")), self.sub)
+
 
 @dataclass
 class SessionStore:
@@ -74,7 +83,7 @@ class SessionStore:
     clock: IReactorTime
     maxSessions: int = 100_000
     _sessions: dict[str, Session] = field(default_factory=dict)
-    _bySub: dict[str, set[str]] = field(default_factory=dict)
+    _byUser: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     log = Logger()
 
@@ -105,7 +114,7 @@ class SessionStore:
             expires=now + max(0.0, lifetime),
         )
         self._sessions[session.sessionId] = session
-        self._bySub.setdefault(session.sub, set()).add(session.sessionId)
+        self._byUser.setdefault(session.user, set()).add(session.sessionId)
         return session
 
     def get(self, sessionId: str, providerKey: str) -> Session | None:
@@ -123,14 +132,14 @@ class SessionStore:
     def remove(self, sessionId: str) -> None:
         self._remove(sessionId)
 
-    def logoutSubject(self, sub: str) -> int:
+    def logoutUser(self, user: tuple[str, str]) -> int:
         """
-        End every session of the user C{sub} in this store, for every
-        provider.
+        End every session of C{user} (issuer and subject, see
+        L{Session.user}) in this store, for every provider.
 
         @return: How many sessions ended.
         """
-        ids = self._bySub.pop(sub, set())
+        ids = self._byUser.pop(user, set())
         for sessionId in ids:
             self._sessions.pop(sessionId, None)
         return len(ids)
@@ -154,11 +163,11 @@ class SessionStore:
         session = self._sessions.pop(sessionId, None)
         if session is None:
             return
-        ids = self._bySub.get(session.sub)
+        ids = self._byUser.get(session.user)
         if ids is not None:
             ids.discard(sessionId)
             if not ids:
-                del self._bySub[session.sub]
+                del self._byUser[session.user]
 
     def sweeper(self, interval: float = 60.0) -> LoopingCall:
         """

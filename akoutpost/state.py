@@ -155,8 +155,10 @@ class LoginStates:
             raise InvalidState("state was started in another browser")
         if stateId in self._redeemed:
             raise InvalidState("state already used")
-        if len(self._redeemed) >= self.maxRedeemed:
-            self.sweep()
+        while len(self._redeemed) >= self.maxRedeemed:
+            # Forget the longest-remembered id (dicts keep insertion order):
+            # constant time, so a flood of callbacks cannot stall the reactor.
+            del self._redeemed[next(iter(self._redeemed))]
         self._redeemed[stateId] = float(expires)
         return self._pending(stateId, redirect, float(expires))
 

@@ -44,6 +44,13 @@ class UnknownKey(TokenError):
         self.kid = kid
 
 
+class SignatureMismatch(TokenError):
+    """
+    No known key verifies the signature: the token is forged, or the
+    provider has rotated a key we have not fetched yet.
+    """
+
+
 @dataclass(frozen=True)
 class KeySet:
     """
@@ -161,7 +168,7 @@ def verifySignature(
         except Exception:
             continue
     else:
-        raise TokenError("signature does not verify")
+        raise SignatureMismatch("signature does not verify")
     try:
         payload = json.loads(jws.payload)
     except (ValueError, UnicodeDecodeError):

@@ -56,15 +56,25 @@ class SessionStoreTests(SynchronousTestCase):
         self.clock.advance(30)
         self.assertEqual(len(self.store), 0)
 
-    def test_logoutSubjectAcrossProviders(self) -> None:
-        a = self.store.create("p1", {"sub": "alice"}, "", "", 100)
-        b = self.store.create("p2", {"sub": "alice"}, "", "", 100)
-        bob = self.store.create("p1", {"sub": "bob"}, "", "", 100)
-        self.assertEqual(self.store.logoutSubject("alice"), 2)
+    def test_logoutUserAcrossProviders(self) -> None:
+        a = self.store.create("p1", {"iss": "i", "sub": "alice"}, "", "", 100)
+        b = self.store.create("p2", {"iss": "i", "sub": "alice"}, "", "", 100)
+        bob = self.store.create("p1", {"iss": "i", "sub": "bob"}, "", "", 100)
+        self.assertEqual(self.store.logoutUser(("i", "alice")), 2)
         self.assertIsNone(self.store.get(a.sessionId, "p1"))
         self.assertIsNone(self.store.get(b.sessionId, "p2"))
         self.assertIsNotNone(self.store.get(bob.sessionId, "p1"))
-        self.assertEqual(self.store.logoutSubject("alice"), 0)
+        self.assertEqual(self.store.logoutUser(("i", "alice")), 0)
+
+    def test_sameSubjectOtherIssuer(self) -> None:
+        """
+        A subject that happens to be the same at another OpenID provider is
+        another user: signing one out leaves the other signed in.
+        """
+        mine = self.store.create("p1", {"iss": "https://id-a/", "sub": "1"}, "", "", 100)
+        other = self.store.create("p2", {"iss": "https://id-b/", "sub": "1"}, "", "", 100)
+        self.assertEqual(self.store.logoutUser(mine.user), 1)
+        self.assertIsNotNone(self.store.get(other.sessionId, "p2"))
 
     def test_bounded(self) -> None:
         store = SessionStore(self.clock, maxSessions=3)
