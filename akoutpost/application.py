@@ -18,8 +18,9 @@ import hmac
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -27,13 +28,14 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from akoutpost.config import ProviderConfig
-from akoutpost.headers import IdentityContext, applyHeaders, identityHeaders, stripCookies
+from akoutpost.forward import ForwardedURL, forwardedMethod
+from akoutpost.headers import IDENTITY_HEADERS, IdentityContext, applyHeaders, identityHeaders, stripCookies
 from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
 from akoutpost.redirect import checkRedirect
 from akoutpost.session import CookieSigner, Session, SessionStore
-from akoutpost.state import STATE_LIFETIME, InvalidState, LoginStates
+from akoutpost.state import REMEMBER_FOR, STATE_LIFETIME, InvalidState, LoginStates, RedirectMemory
 from akoutpost.tokens import TokenError
 
 OUTPOST_PREFIX = "/outpost.goauthentik.io"
@@ -108,12 +110,15 @@ def _originOf(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def wantsRedirect(request: Request) -> bool:
+def wantsRedirect(request: Request, method: bytes | None = None) -> bool:
     """
     Whether an anonymous request can follow a login redirect: a GET or HEAD
     from a browser page load, not a script.
+
+    @param method: The method of the request being checked, when C{request}
+        is a forward-auth check about another request.
     """
-    if request.method not in (b"GET", b"HEAD"):
+    if (method or request.method) not in (b"GET", b"HEAD"):
         return False
     if (request.getHeader(b"x-requested-with") or b"").lower() == b"xmlhttprequest":
         return False
@@ -154,7 +159,10 @@ class Application:
         self.base = self.origin + config.externalPath
         self.redirectUri = f"{self.base}{OUTPOST_PREFIX}/callback?{CALLBACK_SIGNATURE}=true"
         self.secure = config.externalScheme == "https"
-        self.ownCookies = frozenset({config.cookieName.encode("ascii"), self.loginCookie.cookieName.encode("ascii")})
+        self.redirectMemory = RedirectMemory(_derive(secret, "rd"), config.cookieName + "_rd", clock)
+        self.ownCookies = frozenset(
+            name.encode("ascii") for name in (config.cookieName, self.loginCookie.cookieName, self.redirectMemory.cookieName)
+        )
 
     # Dispatch
 
@@ -213,7 +221,19 @@ class Application:
         Begin a login: redirect to the provider with a fresh state, nonce and
         PKCE challenge.
         """
-        redirect = checkRedirect(_first(args, "rd"), self.config) or ""
+        rd = _first(args, "rd")
+        remembered = self.redirectMemory.recall(request.getCookie(self.redirectMemory.cookieName.encode("ascii")))
+        if remembered is not None:
+            self._setCookie(request, self.redirectMemory.cookieName, "", 0)
+            # rd was decoded like any query parameter; so is the prefix test.
+            if not rd or unquote_plus(remembered).startswith(rd):
+                rd = remembered
+        return self._login(request, checkRedirect(rd, self.config) or "")
+
+    def _login(self, request: Request, redirect: str) -> bytes:
+        """
+        Redirect to the provider with a fresh state for C{redirect}.
+        """
         binding = self.loginCookie.unsign(request.getCookie(self.loginCookie.cookieName.encode("ascii")))
         if binding is None:
             binding = secrets.token_urlsafe(24)
@@ -356,15 +376,70 @@ class Application:
 
     def isAllowlisted(self, request: Request) -> bool:
         """
-        Whether C{skip_path_regex} lets this request through without login;
-        matched against the decoded path only, never the query.
+        Whether C{skip_path_regex} lets this proxied request through without
+        login; matched against the decoded path only, never the query.
+        """
+        return self.allowsTarget("", "", request.uri.partition(b"?")[0], "")
+
+    def allowsTarget(self, scheme: str, netloc: str, rawPath: bytes, query: str) -> bool:
+        """
+        Whether C{skip_path_regex} lets a URL through without login: in
+        domain mode the full URL is matched, otherwise the decoded path only.
+        Ambiguous paths (see L{allowlistPath}) never are.
         """
         if not self.config.skip_path_regex:
             return False
-        path = allowlistPath(request.uri.partition(b"?")[0])
+        path = allowlistPath(rawPath)
         if path is None:
             return False
-        return any(pattern.search(path) for pattern in self.config.skip_path_regex)
+        subject = path
+        if self.config.mode == "forward_domain":
+            subject = f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
+        return any(pattern.search(subject) for pattern in self.config.skip_path_regex)
+
+    # forward auth
+
+    def forwardAuth(self, request: Request, kind: str, forwarded: ForwardedURL, trusted: bool) -> bytes | int:
+        """
+        Answer a front proxy's check of C{forwarded}: 200 with the identity
+        headers when signed in; 200 with every identity header empty for an
+        unauthenticated path; otherwise 401 for nginx (which redirects to
+        C{/start} itself) or a redirect to the login provider for the others
+        (401 for requests that cannot follow it).
+        """
+        if kind in ("envoy", "nginx") and not (trusted and request.requestHeaders.hasHeader(b"x-forwarded-proto")):
+            if kind == "envoy" or not request.requestHeaders.hasHeader(b"x-original-url"):
+                forwarded = replace(forwarded, scheme=self.config.externalScheme)
+        args = parse_qs(forwarded.query, keep_blank_values=True)
+        if _signature(args, CALLBACK_SIGNATURE):
+            return self.callback(request, args)
+        if _signature(args, LOGOUT_SIGNATURE):
+            return self.signOut(request)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        session = self.currentSession(request)
+        if session is not None:
+            applyHeaders(
+                request.responseHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())
+            )
+            request.setHeader(b"user-agent", request.getHeader(b"user-agent") or b"")
+            return b""
+        if self.allowsTarget(forwarded.scheme, forwarded.netloc, forwarded.path.encode("latin-1"), forwarded.query):
+            applyHeaders(request.responseHeaders, [(name, "") for name in IDENTITY_HEADERS])
+            return b""
+        if kind == "nginx":
+            # nginx's documented rd is not URL-encoded, so its query is cut
+            # at the first "&": remember the whole URL for /start.
+            self._setCookie(
+                request, self.redirectMemory.cookieName, self.redirectMemory.remember(forwarded.url), int(REMEMBER_FOR)
+            )
+            request.setResponseCode(401)
+            return b"unauthorized request\n"
+        method = forwardedMethod(request, trusted)
+        if method in (b"GET", b"HEAD") and wantsRedirect(request, method):
+            return self._login(request, checkRedirect(forwarded.url, self.config) or "")
+        request.setResponseCode(401)
+        return b"unauthorized request\n"
 
     def proxyRequest(self, request: Request) -> bytes | int:
         assert self.proxy is not None

@@ -17,6 +17,7 @@ from twisted.web.server import Request, Site
 
 from akoutpost.application import OUTPOST_PREFIX, Application
 from akoutpost.config import OutpostConfig, hostKey
+from akoutpost.forward import configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
 from akoutpost.oidc import OpenIDClient
 from akoutpost.pages import renderPage
@@ -98,6 +99,12 @@ class Outpost:
                 provider, config.name, self.store, client, clock, proxy, self.isTrusted
             )
 
+        self._domains = [
+            (app.config.cookie_domain, app)
+            for app in self.applications.values()
+            if app.config.mode == "forward_domain" and app.config.cookie_domain
+        ]
+
     @property
     def oidcClients(self) -> Sequence[OpenIDClient]:
         return [app.oidc for app in self.applications.values()]
@@ -125,15 +132,32 @@ class Outpost:
         key = requestHostKey(request.getHeader(b"host") or b"")
         if key is None:
             return None
+        return self.lookup(key)
+
+    def lookup(self, key: str) -> Application | None:
+        """
+        The provider for a canonical host key: the one whose external host
+        it is (a default port may be spelled out), else the domain-level
+        provider with the longest cookie domain that the hostname equals or
+        ends with after a dot.
+        """
         app = self.applications.get(key)
-        if app is None:
-            hostname, _, port = key.rpartition(":")
-            if hostname:
-                candidate = self.applications.get(hostname)
-                default = {"http": "80", "https": "443"}
-                if candidate is not None and default.get(candidate.config.externalScheme) == port:
-                    app = candidate
-        return app
+        if app is not None:
+            return app
+        hostname, _, port = key.rpartition(":")
+        if hostname and port.isdigit():
+            candidate = self.applications.get(hostname)
+            default = {"http": "80", "https": "443"}
+            if candidate is not None and default.get(candidate.config.externalScheme) == port:
+                return candidate
+        else:
+            hostname = key
+        best: Application | None = None
+        for domain, candidate in self._domains:
+            if hostname == domain or hostname.endswith("." + domain):
+                if best is None or len(domain) > len(best.config.cookie_domain):
+                    best = candidate
+        return best
 
     def site(self, siteFactory: Callable[..., Site] = Site) -> Site:
         site = siteFactory(OutpostResource(self))
@@ -161,6 +185,11 @@ class OutpostResource(Resource):
             return b""
         if not request.uri.startswith(b"/"):
             return renderPage(request, 400, "Bad Request", "The request target must be a path.")
+        kind = endpointKind(path)
+        if kind is not None:
+            answer = self._forwardAuth(kind, request)
+            if answer is not None:
+                return answer
         app = self.outpost.applicationFor(request)
         if app is None:
             host = (request.getHeader(b"host") or b"").decode("latin-1")[:200]
@@ -171,8 +200,38 @@ class OutpostResource(Resource):
                 f"No provider of this outpost serves the host '{host}'. "
                 "Check the outpost settings and make sure it is an external host.",
             )
+        return self._guarded(request, app.render, request)
+
+    def _guarded(self, request: Request, handler: Callable[..., bytes | int], *args: object) -> bytes | int:
         try:
-            return app.render(request)
+            return handler(*args)
         except Exception:
             self.log.failure("error while handling {uri}", uri=request.uri.decode("latin-1")[:200])
             return renderPage(request, 500, "Internal Server Error", "The outpost could not handle this request.")
+
+    def _forwardAuth(self, kind: str, request: Request) -> bytes | int | None:
+        """
+        Answer a forward-auth check, or L{None} when the URL belongs to a
+        proxy-mode provider (then the request is that provider's traffic).
+        """
+        trusted = self.outpost.isTrusted(request)
+        forwarded = forwardedURL(kind, request, trusted)
+        if forwarded is None:
+            self.log.warn(
+                "{kind} forward auth without usable forwarded headers from {peer} (trusted: {trusted})",
+                kind=kind,
+                peer=getattr(request.getClientAddress(), "host", "?"),
+                trusted=trusted,
+            )
+            return configurationError(request)
+        app = self.outpost.lookup(hostKey(forwarded.scheme, forwarded.hostname, forwarded.port))
+        if app is None:
+            return renderPage(
+                request,
+                400,
+                "No application for this host",
+                f"No provider of this outpost serves the host '{forwarded.netloc[:200]}'.",
+            )
+        if app.config.mode == "proxy":
+            return None
+        return self._guarded(request, app.forwardAuth, request, kind, forwarded, trusted)

@@ -74,6 +74,52 @@ class PendingLogin:
         return _b64(hashlib.sha256(self.codeVerifier.encode("ascii")).digest())
 
 
+#: How long the URL an anonymous nginx request was for is remembered.
+REMEMBER_FOR = 300.0
+_MAX_REMEMBERED = 3000
+
+
+@dataclass(frozen=True)
+class RedirectMemory:
+    """
+    Remembers, in a signed short-lived cookie rather than server memory, the
+    full URL an unauthenticated request was for, so that C{/start} can send
+    the user back there even when the front proxy's C{rd} lost the query.
+    """
+
+    key: bytes
+    cookieName: str
+    clock: IReactorTime
+
+    def remember(self, url: str) -> str:
+        body = _b64(json.dumps({"u": url[:_MAX_REMEMBERED], "e": int(self.clock.seconds() + REMEMBER_FOR)}).encode())
+        return f"{body}.{self._mac(body)}"
+
+    def recall(self, cookie: bytes | None) -> str | None:
+        """
+        The remembered URL, or L{None} for a missing, forged or expired cookie.
+        """
+        if not cookie or len(cookie) > 2 * _MAX_REMEMBERED + 200 or cookie.count(b".") != 1:
+            return None
+        body, mac = cookie.split(b".")
+        try:
+            text = body.decode("ascii")
+            if not hmac.compare_digest(mac, self._mac(text).encode("ascii")):
+                return None
+            payload = json.loads(_unb64(text))
+        except (UnicodeDecodeError, ValueError, binascii.Error):
+            return None
+        if not isinstance(payload, dict):
+            return None
+        url, expires = payload.get("u"), payload.get("e")
+        if not isinstance(url, str) or not isinstance(expires, int) or expires <= self.clock.seconds():
+            return None
+        return url
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self.key, f"rd\0{self.cookieName}\0{body}".encode(), hashlib.sha256).digest())
+
+
 @dataclass
 class LoginStates:
     """
