@@ -35,6 +35,9 @@ class FrontSetup:
         the outpost (the provider's external host).
     @ivar appHosts: Host names of the protected applications.
     @ivar authHost: Domain mode only: the outpost's own external host name.
+    @ivar copyHeaders: Extra response headers of the auth answer to copy to
+        the upstream request besides the 12 C{X-authentik-*} ones (a user's
+        C{additionalHeaders}, e.g. C{X-Interop}).
     """
 
     listenPort: int
@@ -43,6 +46,7 @@ class FrontSetup:
     mode: str
     appHosts: tuple[str, ...]
     authHost: str = ""
+    copyHeaders: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 
