@@ -161,7 +161,8 @@ class Application:
         self.secure = config.externalScheme == "https"
         self.redirectMemory = RedirectMemory(_derive(secret, "rd"), config.cookieName + "_rd", clock)
         self.ownCookies = frozenset(
-            name.encode("ascii") for name in (config.cookieName, self.loginCookie.cookieName, self.redirectMemory.cookieName)
+            name.encode("ascii")
+            for name in (config.cookieName, self.loginCookie.cookieName, self.redirectMemory.cookieName)
         )
 
     # Dispatch
