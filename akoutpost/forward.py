@@ -80,6 +80,14 @@ def _header(request: Request, name: bytes) -> str | None:
     return value or None
 
 
+#: Traefik reports a websocket handshake's scheme as ws / wss.
+_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+def _scheme(proto: str | None) -> str | None:
+    return _SCHEMES.get(proto.lower()) if proto is not None else None
+
+
 def _split(url: str) -> ForwardedURL | None:
     if len(url) > _MAX_URL or any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
         return None
@@ -106,7 +114,7 @@ def forwardedURL(kind: str, request: Request, trusted: bool, defaultScheme: str 
         if not target.startswith("/"):
             target = "/" + target
         host = _header(request, b"host")
-        proto = _header(request, b"x-forwarded-proto") if trusted else None
+        proto = _scheme(_header(request, b"x-forwarded-proto")) if trusted else None
         if host is None:
             return None
         return _split(f"{proto or defaultScheme}://{host}{target}")
@@ -121,12 +129,12 @@ def forwardedURL(kind: str, request: Request, trusted: bool, defaultScheme: str 
         if uri is None or host is None or not uri.startswith("/"):
             return None
         return _split(f"{defaultScheme}://{host}{uri}")
-    proto = _header(request, b"x-forwarded-proto")
+    proto = _scheme(_header(request, b"x-forwarded-proto"))
     host = _header(request, b"x-forwarded-host")
     uri = _header(request, b"x-forwarded-uri")
     if proto is None or host is None or uri is None or not uri.startswith("/"):
         return None
-    return _split(f"{proto.lower()}://{host}{uri}")
+    return _split(f"{proto}://{host}{uri}")
 
 
 def configurationError(request: Request) -> bytes:

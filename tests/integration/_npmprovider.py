@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
+
+from .fronts._process import FrontProcess, ProcessOutput, spawnProcess
 
 __all__ = [
     "NODE_DIR",
@@ -37,7 +36,6 @@ NODE_DIR: FilePath[str] = FilePath(__file__).sibling("oidc_provider")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
-_MAX_STDERR = 64 * 1024
 _configNumbers = itertools.count()
 
 
@@ -58,17 +56,16 @@ class ProviderStartError(Exception):
     """
 
 
-class _ProviderProtocol(ProcessProtocol):
+class _ProviderProtocol(ProcessOutput):
     """
-    Waits for the C{READY <port>} line and keeps the end of standard error.
+    Waits for the C{READY <port>} line and keeps the end of standard error
+    (only) as the output.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.ready: Deferred[int] = Deferred()
-        self.hasEnded = False
-        self._endWaiters: list[Deferred[None]] = []
         self._stdout = b""
-        self.stderr = b""
 
     def outReceived(self, data: bytes) -> None:
         self._stdout += data
@@ -78,28 +75,15 @@ class _ProviderProtocol(ProcessProtocol):
             if len(words) == 2 and words[0] == b"READY" and not self.ready.called:
                 self.ready.callback(int(words[1]))
 
-    def errReceived(self, data: bytes) -> None:
-        self.stderr = (self.stderr + data)[-_MAX_STDERR:]
-
     def processEnded(self, reason: Failure) -> None:
-        self.hasEnded = True
         if not self.ready.called:
             self.ready.errback(
                 ProviderStartError(
                     f"oidc-provider exited before it was ready ({reason.value}):\n"
-                    + self.stderr.decode("utf-8", "replace")
+                    + self.output.decode("utf-8", "replace")
                 )
             )
-        waiters, self._endWaiters = self._endWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def whenEnded(self) -> Deferred[None]:
-        if self.hasEnded:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._endWaiters.append(waiter)
-        return waiter
+        super().processEnded(reason)
 
 
 @dataclass
@@ -114,39 +98,20 @@ class NpmProvider:
     port: int
     issuer: str
     process: IProcessTransport
-    _reactor: Any = field(repr=False)
-    _protocol: _ProviderProtocol = field(repr=False)
+    _runner: FrontProcess = field(repr=False)
 
     @property
     def stderr(self) -> str:
         """
         What the provider wrote to standard error lately, for diagnostics.
         """
-        return self._protocol.stderr.decode("utf-8", "replace")
-
-    def _signal(self, name: str) -> None:
-        try:
-            self.process.signalProcess(name)
-        except ProcessExitedAlready:
-            pass
-
-    def _waitForExit(self, timeout: float) -> Deferred[None]:
-        return self._protocol.whenEnded().addTimeout(timeout, self._reactor)
+        return self._runner.output
 
     def stop(self) -> Deferred[None]:
         """
         SIGTERM, then SIGKILL if it is still there after five seconds.
         """
-        if self._protocol.hasEnded:
-            return succeed(None)
-        self._signal("TERM")
-
-        def kill(failure: Failure) -> Deferred[None]:
-            failure.trap(TimeoutError)
-            self._signal("KILL")
-            return self._waitForExit(STOP_TIMEOUT)
-
-        return self._waitForExit(STOP_TIMEOUT).addErrback(kill)
+        return Deferred.fromCoroutine(self._runner.stop())
 
 
 def startNpmProvider(reactor: Any, config: dict[str, Any], tmpdir: str) -> Deferred[NpmProvider]:
@@ -170,33 +135,25 @@ def startNpmProvider(reactor: Any, config: dict[str, Any], tmpdir: str) -> Defer
     configPath.setContent(json.dumps(config).encode("utf-8"))
 
     protocol = _ProviderProtocol()
-    process = reactor.spawnProcess(
-        protocol,
-        node,
+    runner = spawnProcess(
+        reactor,
+        "oidc-provider",
         [node, NODE_DIR.child("server.mjs").path, configPath.path],
-        env=dict(os.environ),
-        path=NODE_DIR.path,
+        cwd=NODE_DIR.path,
+        protocol=protocol,
+        configFiles=(configPath.path,),
     )
     issuerPath = config.get("issuerPath", "")
 
-    def started(port: int) -> NpmProvider:
-        return NpmProvider(port, f"http://127.0.0.1:{port}{issuerPath}", process, reactor, protocol)
-
-    def failed(failure: Failure) -> Failure | Deferred[None]:
-        if not failure.check(TimeoutError):
-            return failure
-        error = ProviderStartError(
-            f"oidc-provider was not ready after {START_TIMEOUT} s:\n" + protocol.stderr.decode("utf-8", "replace")
-        )
+    async def started() -> NpmProvider:
         try:
-            process.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
+            port = await protocol.ready.addTimeout(START_TIMEOUT, reactor)
+        except TimeoutError:
+            error = ProviderStartError(f"oidc-provider was not ready after {START_TIMEOUT} s:\n" + runner.output)
+            runner.signal("KILL")
+            # Reap it, so that a failing test still leaves a clean reactor.
+            await runner.waitForExit(STOP_TIMEOUT)
+            raise error from None
+        return NpmProvider(port, f"http://127.0.0.1:{port}{issuerPath}", runner.transport, runner)
 
-        def raiseError(ignored: object) -> None:
-            raise error
-
-        # Reap it, so that a failing test still leaves a clean reactor.
-        return protocol.whenEnded().addTimeout(STOP_TIMEOUT, reactor).addBoth(raiseError)
-
-    return protocol.ready.addTimeout(START_TIMEOUT, reactor).addCallbacks(started, failed)
+    return Deferred.fromCoroutine(started())

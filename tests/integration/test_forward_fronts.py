@@ -8,6 +8,7 @@ by its pid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from types import ModuleType
@@ -19,11 +20,11 @@ from twisted.web.server import Site
 
 from akoutpost.config import parseConfig
 from akoutpost.service import AkOutpostService
-from akoutpost.testing import EchoApplication
 
 from ._browser import Browser, Page, submitLogin
 from ._npmprovider import npmProviderAvailable, startNpmProvider
 from ._stack import freePort, reactor, redirectUri
+from ._upstream import MiB, UpstreamApplication, patternDigest, websocketEcho
 from .fronts import FrontSetup, caddy, envoy, nginx, traefik
 
 USER = {
@@ -69,7 +70,7 @@ class _FrontWalk:
             case.skipTest(reason)
         self.listenPort = freePort()
         self.mode = mode
-        echo = reactor.listenTCP(0, Site(EchoApplication()), interface="127.0.0.1")
+        echo = reactor.listenTCP(0, Site(UpstreamApplication()), interface="127.0.0.1")
         case.addCleanup(echo.stopListening)
         outpostPort = freePort()
         if mode == "single":
@@ -183,6 +184,20 @@ class _FrontWalk:
         case.assertEqual(headers.get("x-authentik-email"), ["dana@example.test"])
         case.assertEqual(headers.get("x-interop"), ["yes"])
         case.assertEqual(json.loads(page.body)["uri"], "/page?a=1&b=%2F&c=x+y")
+
+        # A 32 MiB download and a websocket still work with auth in front.
+        page = await self.browser.request("GET", self.url(first, "/big/32"))
+        case.assertEqual(page.code, 200)
+        case.assertEqual(len(page.body), 32 * MiB)
+        case.assertEqual(hashlib.sha256(page.body).hexdigest(), patternDigest(32 * MiB))
+        host = f"{first}:{self.listenPort}"
+        cookie = self.browser._cookieHeader(self.url(first, "/ws")) or ""
+        status, frame = await websocketEcho(reactor, self.listenPort, host, "/ws", cookie, "hello")
+        case.assertIn(b" 101 ", status + b" ")
+        case.assertEqual(frame, b"echo:hello")
+        status, frame = await websocketEcho(reactor, self.listenPort, host, "/ws", "", "hello")
+        case.assertNotIn(b" 101 ", status + b" ")
+        case.assertEqual(frame, b"")
 
         if mode == "domain":
             # One login covers the other application under the cookie domain.

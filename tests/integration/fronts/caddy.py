@@ -17,17 +17,18 @@ import os
 import shutil
 from typing import Any
 
+from akoutpost.headers import IDENTITY_HEADERS
+
 from . import FrontSetup
-from .nginx import IDENTITY_HEADERS, FrontProcess, FrontStartError, spawnFront
+from ._process import FrontProcess, FrontStartError, spawnFront
 
 __all__ = ["COPY_HEADERS", "NAME", "available", "siteBlocks", "start"]
 
 NAME = "caddy"
 
-# Caddy looks response headers up by their canonical spelling.
-COPY_HEADERS = tuple(
-    "X-Authentik-" + "-".join(word.capitalize() for word in name.split("-")) for name in IDENTITY_HEADERS
-)
+# Caddy looks response headers up by their canonical spelling
+# (X-Authentik-Meta-Jwks, not X-authentik-meta-jwks).
+COPY_HEADERS = tuple("-".join(word.capitalize() for word in name.split("-")) for name in IDENTITY_HEADERS)
 
 _APP_SITE = """\
 %(site)s {
@@ -171,8 +172,8 @@ async def start(reactor: Any, tmpdir: str, setup: FrontSetup) -> FrontProcess:
         reactor,
         NAME,
         [caddy, "run", "--config", configPath, "--adapter", "caddyfile"],
-        configPath=configPath,
-        listenPort=setup.listenPort,
         cwd=path,
+        listenPort=setup.listenPort,
         env=env,
+        configFiles=(configPath,),
     )

@@ -20,15 +20,8 @@ from typing import Any
 from twisted.python.filepath import FilePath
 
 from . import FrontSetup
-from .traefik import (
-    OUTPOST_PREFIX,
-    READY_HOST,
-    FrontProcess,
-    FrontStartError,
-    findExecutable,
-    httpStatus,
-    spawnFront,
-)
+from ._process import FrontProcess, FrontStartError, findExecutable, spawnFront
+from .traefik import OUTPOST_PREFIX, READY_HOST, START_TIMEOUT
 
 __all__ = ["NAME", "available", "bootstrapConfig", "docExamples", "start"]
 
@@ -164,6 +157,8 @@ def bootstrapConfig(
         "                stat_prefix: front",
         "                # Envoy is the edge: X-Forwarded-For from the peer address, x-envoy-* from clients dropped.",
         "                use_remote_address: true",
+        "                # Websockets pass through (after the ext_authz check of the handshake).",
+        "                upgrade_configs: [{upgrade_type: websocket}]",
         "                common_http_protocol_options:",
         "                  # X_authentik_username would pass for X-authentik-username in CGI-style apps.",
         "                  headers_with_underscores_action: DROP_HEADER",
@@ -270,7 +265,7 @@ async def start(reactor: Any, tmpdir: str, setup: FrontSetup) -> FrontProcess:
     """
     executable = _executable()
     if executable is None:
-        raise FrontStartError(available())
+        raise FrontStartError(str(available()))
     if setup.mode not in ("single", "domain"):
         raise ValueError(f"unknown mode {setup.mode!r}")
     hosts = setup.appHosts[:1] if setup.mode == "single" else setup.appHosts
@@ -288,10 +283,6 @@ async def start(reactor: Any, tmpdir: str, setup: FrontSetup) -> FrontProcess:
             copyHeaders=setup.copyHeaders,
         ).encode("utf-8")
     )
-
-    async def ready() -> bool:
-        return await httpStatus(reactor, setup.listenPort, READY_HOST) == 200
-
     return await spawnFront(
         reactor,
         NAME,
@@ -305,7 +296,9 @@ async def start(reactor: Any, tmpdir: str, setup: FrontSetup) -> FrontProcess:
             "--log-level",
             "warning",
         ],
-        [config.path],
-        ready,
-        directory.path,
+        cwd=directory.path,
+        listenPort=setup.listenPort,
+        probe=(READY_HOST, "/"),
+        configFiles=(config.path,),
+        timeout=START_TIMEOUT,
     )

@@ -9,8 +9,7 @@ and temporary directories are all inside the test's own directory, and runs
 C{nginx -p <tmpdir> -c <tmpdir>/nginx.conf -g 'daemon off; ...'} in the
 foreground, stopped by process id.
 
-This module also holds the small process runner (L{FrontProcess},
-L{spawnFront}) that the Caddy module uses too.
+The process runner is L{tests.integration.fronts._process}.
 """
 
 from __future__ import annotations
@@ -18,17 +17,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.python.failure import Failure
+from akoutpost import headers
 
 from . import FrontSetup
+from ._process import FrontProcess, FrontStartError, spawnFront
 
 __all__ = [
     "IDENTITY_HEADERS",
@@ -37,239 +31,14 @@ __all__ = [
     "FrontStartError",
     "available",
     "serverBlocks",
-    "spawnFront",
     "start",
 ]
 
 NAME = "nginx"
 
-START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
-_MAX_OUTPUT = 64 * 1024
-
-# The twelve identity headers of an "allow" answer (reference section 10.1).
-IDENTITY_HEADERS = (
-    "username",
-    "groups",
-    "entitlements",
-    "email",
-    "name",
-    "uid",
-    "jwt",
-    "meta-jwks",
-    "meta-outpost",
-    "meta-provider",
-    "meta-app",
-    "meta-version",
-)
-
-
-# The process runner.
-
-
-class FrontStartError(Exception):
-    """
-    A front proxy exited, or did not listen in time; the message carries what
-    it wrote to standard error and its error log.
-
-    @ivar portInUse: whether it said its port was taken (by another process
-        that got the "free" port first: worth a retry with another port).
-    """
-
-    def __init__(self, message: str, portInUse: bool = False) -> None:
-        super().__init__(message)
-        self.portInUse = portInUse
-
-
-class _FrontProtocol(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.hasEnded = False
-        self.reason: Failure | None = None
-        self._endWaiters: list[Deferred[None]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        self.output = (self.output + data)[-_MAX_OUTPUT:]
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.hasEnded = True
-        self.reason = reason
-        waiters, self._endWaiters = self._endWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def whenEnded(self) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-        if self.hasEnded:
-            waiter.callback(None)
-        else:
-            self._endWaiters.append(waiter)
-        return waiter
-
-
-@dataclass
-class FrontProcess:
-    """
-    A running front proxy (a L{tests.integration.fronts.RunningFront}).
-
-    @ivar configPath: the configuration file it was started with.
-    @ivar logPaths: files it logs to, quoted by L{diagnostics}.
-    """
-
-    name: str
-    pid: int
-    configPath: str
-    logPaths: tuple[str, ...]
-    _reactor: Any = field(repr=False)
-    _process: IProcessTransport = field(repr=False)
-    _protocol: _FrontProtocol = field(repr=False)
-
-    @property
-    def running(self) -> bool:
-        return not self._protocol.hasEnded
-
-    def diagnostics(self) -> str:
-        """
-        The end of its standard output and error, and of its log files.
-        """
-        parts = [f"--- {self.name} pid {self.pid} output ---", self._protocol.output.decode("utf-8", "replace")]
-        for path in self.logPaths:
-            try:
-                with open(path, "rb") as log:
-                    log.seek(0, os.SEEK_END)
-                    log.seek(max(0, log.tell() - _MAX_OUTPUT))
-                    text = log.read().decode("utf-8", "replace")
-            except OSError as error:
-                text = f"({error})"
-            parts += [f"--- {path} ---", text]
-        return "\n".join(parts)
-
-    def _signal(self, name: str) -> None:
-        try:
-            self._process.signalProcess(name)
-        except ProcessExitedAlready:
-            pass
-
-    async def _waitForExit(self, timeout: float) -> bool:
-        try:
-            await self._protocol.whenEnded().addTimeout(timeout, self._reactor)
-        except TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL if it is still running after five seconds.
-        """
-        if self._protocol.hasEnded:
-            return
-        self._signal("TERM")
-        if await self._waitForExit(STOP_TIMEOUT):
-            return
-        self._signal("KILL")
-        if not await self._waitForExit(STOP_TIMEOUT):
-            raise FrontStartError(f"{self.name} (pid {self.pid}) survived SIGKILL")
-
-
-def _listensOn(pid: int, port: int) -> bool | None:
-    """
-    Whether process C{pid} holds a socket listening on 127.0.0.1:C{port}, or
-    L{None} where C{/proc} cannot tell.
-    """
-    try:
-        with open("/proc/net/tcp", encoding="ascii") as table:
-            lines = table.read().splitlines()[1:]
-    except OSError:
-        return None
-    try:
-        descriptors = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        # Gone (or exiting) already.
-        return False
-    sockets = set()
-    for fd in descriptors:
-        try:
-            sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            pass
-    local = f"0100007F:{port:04X}"
-    for line in lines:
-        fields = line.split()
-        # local address, remote address, state (0A: LISTEN), ..., inode.
-        if len(fields) > 9 and fields[1] == local and fields[3] == "0A" and f"socket:[{fields[9]}]" in sockets:
-            return True
-    return False
-
-
-async def _accepts(reactor: Any, port: int) -> bool:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
-    try:
-        protocol = cast(Protocol, await endpoint.connect(Factory.forProtocol(Protocol)))
-    except Exception:
-        return False
-    assert protocol.transport is not None
-    protocol.transport.loseConnection()
-    return True
-
-
-async def _sleep(reactor: Any, seconds: float) -> None:
-    waiter: Deferred[None] = Deferred()
-    reactor.callLater(seconds, waiter.callback, None)
-    await waiter
-
-
-async def spawnFront(
-    reactor: Any,
-    name: str,
-    argv: list[str],
-    *,
-    configPath: str,
-    listenPort: int,
-    cwd: str,
-    env: dict[str, str] | None = None,
-    logPaths: tuple[str, ...] = (),
-    timeout: float = START_TIMEOUT,
-) -> FrontProcess:
-    """
-    Start C{argv} and wait until 127.0.0.1:C{listenPort} accepts connections.
-
-    @raise FrontStartError: if the process exits first or the port stays
-        closed for C{timeout} seconds (the process is then killed and
-        reaped); the message quotes its output and logs.
-    """
-    protocol = _FrontProtocol()
-    process = reactor.spawnProcess(protocol, argv[0], argv, env=dict(os.environ) if env is None else env, path=cwd)
-    front = FrontProcess(name, process.pid, configPath, logPaths, reactor, process, protocol)
-    deadline = reactor.seconds() + timeout
-    while True:
-        if protocol.hasEnded:
-            diagnostics = front.diagnostics()
-            raise FrontStartError(
-                f"{name} exited before it listened ({protocol.reason}):\n{diagnostics}",
-                portInUse="address already in use" in diagnostics.lower(),
-            )
-        # Something listens: make sure it is our process, not a stranger on a
-        # port it failed to bind (nginx retries for a few seconds).
-        if (
-            await _accepts(reactor, listenPort)
-            and _listensOn(front.pid, listenPort) is not False
-            and not protocol.hasEnded
-        ):
-            return front
-        if reactor.seconds() > deadline:
-            break
-        await _sleep(reactor, 0.1)
-    diagnostics = front.diagnostics()
-    await front.stop()
-    raise FrontStartError(
-        f"{name} did not listen on 127.0.0.1:{listenPort} within {timeout} s:\n{diagnostics}",
-        portInUse="address already in use" in diagnostics.lower(),
-    )
-
-
-# The configuration.
+# The twelve identity headers of an "allow" answer (reference section 10.1),
+# without their common "X-authentik-" prefix.
+IDENTITY_HEADERS = tuple(name.removeprefix("X-authentik-") for name in headers.IDENTITY_HEADERS)
 
 
 def available() -> str | None:
@@ -526,8 +295,8 @@ async def start(reactor: Any, tmpdir: str, setup: FrontSetup) -> FrontProcess:
         reactor,
         NAME,
         argv,
-        configPath=configPath,
-        listenPort=setup.listenPort,
         cwd=path,
+        listenPort=setup.listenPort,
+        configFiles=(configPath,),
         logPaths=(errorLog,),
     )
