@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
+from cryptography import x509
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
@@ -34,6 +35,10 @@ MODES = ("proxy", "forward_single", "forward_domain")
 DEFAULT_SCOPES = ("openid", "profile", "email", "entitlements", "ak_proxy")
 DEFAULT_ACCESS_TOKEN_VALIDITY = 86400.0
 FIRST_OUTPOST_HTTP = "tcp:9000"
+FIRST_OUTPOST_HTTPS = "ssl:9443"
+# Arguments of Twisted's ssl: endpoint that name key material: akoutpost
+# chooses certificates itself (per provider, by SNI).
+_TLS_ARGUMENTS = ("privatekey", "certkey", "extracertchain", "sslmethod", "dhparameters", "cacertsdir")
 ENDPOINT_TYPES = ("tcp", "ssl", "unix", "systemd", "tls")
 DEFAULT_TRUSTED_PROXIES: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(cidr)
@@ -48,7 +53,16 @@ DEFAULT_TRUSTED_PROXIES: tuple[IPNetwork, ...] = tuple(
 )
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_OUTPOST_FIELDS = ("name", "http", "https", "metrics", "trusted_proxies", "providers")
+_OUTPOST_FIELDS = (
+    "name",
+    "http",
+    "https",
+    "metrics",
+    "trusted_proxies",
+    "certificate",
+    "certificate_key",
+    "providers",
+)
 _PROVIDER_FIELDS = (
     "name",
     "app_slug",
@@ -71,6 +85,8 @@ _PROVIDER_FIELDS = (
     "basic_auth_user_attribute",
     "basic_auth_password_attribute",
     "certificate",
+    "certificate_key",
+    "internal_host_ca",
 )
 
 
@@ -138,6 +154,8 @@ class ProviderConfig:
     basic_auth_user_attribute: str = ""
     basic_auth_password_attribute: str = ""
     certificate: str = ""
+    certificate_key: str = ""
+    internal_host_ca: str = ""
 
     @cached_property
     def externalScheme(self) -> str:
@@ -183,6 +201,8 @@ class OutpostConfig:
     https: str | None = None
     metrics: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_PROXIES
+    certificate: str = ""
+    certificate_key: str = ""
     providers: tuple[ProviderConfig, ...] = ()
 
 
@@ -384,6 +404,63 @@ def _endpointAddresses(description: str) -> list[_Address]:
     )
 
 
+def _plainEndpoint(description: str) -> str:
+    """
+    The TCP endpoint an C{https} listener binds: C{ssl:9443} means TCP port
+    9443 with akoutpost's own TLS on top.
+
+    @raise ValueError: For other endpoint types, or key material given in
+        the string instead of the C{certificate} fields.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.lower() not in ("ssl", "tcp", "tcp6"):
+        raise ValueError(f"{description!r}: an https listener is an ssl: or tcp: endpoint")
+    parts = rest.split(":")
+    for part in parts:
+        name = part.partition("=")[0].lower()
+        if "=" in part and name in _TLS_ARGUMENTS:
+            raise ValueError(f"{description!r}: name certificates in the 'certificate' fields, not in the endpoint")
+    return ("tcp6" if kind.lower() == "tcp6" else "tcp") + ":" + rest
+
+
+def _readablePath(reader: _Table, key: str, baseDir: str) -> str:
+    """
+    An optional file name field, made absolute and checked to be readable;
+    "" when absent or unreadable (then a problem is recorded).
+    """
+    value = reader.string(key)
+    if not value:
+        return ""
+    path = os.path.abspath(os.path.join(baseDir, value))
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        reader.problem(key, f"cannot read {path}: {e.strerror or e}")
+        return ""
+    return path
+
+
+def _certificate(reader: _Table, baseDir: str) -> tuple[str, str]:
+    """
+    The C{certificate} and C{certificate_key} fields: readable PEM files
+    holding a certificate and the key that matches it.
+    """
+    before = len(reader.problems)
+    certificate = _readablePath(reader, "certificate", baseDir)
+    key = _readablePath(reader, "certificate_key", baseDir)
+    if key and not certificate and len(reader.problems) == before:
+        reader.problem("certificate_key", "given without 'certificate'")
+    if certificate and len(reader.problems) == before:
+        from akoutpost.tls import CertificateError, loadCertifiedKey
+
+        try:
+            loadCertifiedKey(certificate, key)
+        except CertificateError as e:
+            reader.problem(e.field if key else "certificate", str(e))
+    return certificate, key
+
+
 def _isWildcard(interface: str) -> bool:
     try:
         return not interface or ipaddress.ip_address(interface).is_unspecified
@@ -440,10 +517,17 @@ def _parseOutpost(
     table.unknownFields(_OUTPOST_FIELDS)
     name = table.string("name", default=key)
     endpoints: dict[str, str | None] = {}
+    defaults = {"http": FIRST_OUTPOST_HTTP, "https": FIRST_OUTPOST_HTTPS} if first else {}
     for field in ("http", "https", "metrics"):
         # An empty string turns a listener off, even the first outpost's default.
-        description = table.string(field, FIRST_OUTPOST_HTTP if first and field == "http" else "")
+        description = table.string(field, defaults.get(field, ""))
         addresses: list[_Address] = []
+        if description and field == "https":
+            try:
+                description = _plainEndpoint(description)
+            except ValueError as e:
+                table.problem(field, str(e))
+                description = ""
         if description:
             try:
                 addresses = _endpointAddresses(description)
@@ -464,10 +548,13 @@ def _parseOutpost(
             except ValueError as e:
                 table.problem("trusted_proxies", f"{cidr!r} is not a network in CIDR notation: {e}")
         trusted = tuple(networks)
+    certificate, certificateKey = _certificate(table, baseDir)
     providers = _parseProviders(key, raw.get("providers"), table, baseDir)
     if len(problems) > before:
         return None
     return OutpostConfig(
+        certificate=certificate,
+        certificate_key=certificateKey,
         key=key,
         name=name,
         http=endpoints["http"],
@@ -555,7 +642,14 @@ def _parseProvider(reader: _Table, outpost: str, index: int, baseDir: str) -> tu
     validity = reader.number("access_token_validity", DEFAULT_ACCESS_TOKEN_VALIDITY)
     if not (math.isfinite(validity) and validity > 0):
         reader.problem("access_token_validity", "must be a positive number of seconds")
-    certificate = reader.string("certificate")
+    certificate, certificateKey = _certificate(reader, baseDir)
+    internalCA = _readablePath(reader, "internal_host_ca", baseDir)
+    if internalCA:
+        try:
+            with open(internalCA, "rb") as f:
+                x509.load_pem_x509_certificates(f.read())
+        except ValueError:
+            reader.problem("internal_host_ca", f"{internalCA} holds no PEM certificate")
     appSlug = reader.string("app_slug", name)
     sslValidation = reader.boolean("internal_host_ssl_validation", True)
     clientSecret = _secret(reader, "client_secret", baseDir, required=True)
@@ -591,7 +685,9 @@ def _parseProvider(reader: _Table, outpost: str, index: int, baseDir: str) -> tu
         basic_auth_enabled=basicAuth,
         basic_auth_user_attribute=userAttribute,
         basic_auth_password_attribute=passwordAttribute,
-        certificate=os.path.abspath(os.path.join(baseDir, certificate)) if certificate else "",
+        certificate=certificate,
+        certificate_key=certificateKey,
+        internal_host_ca=internalCA,
     )
     return provider, key, clientId
 

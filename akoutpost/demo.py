@@ -36,6 +36,7 @@ def demoConfig(port: int, clientSecret: str) -> dict[str, Any]:
             "demo": {
                 "name": "akoutpost demo outpost",
                 "http": f"tcp:{port}:interface=127.0.0.1",
+                "https": "",
                 "providers": [
                     {
                         "name": "demo",

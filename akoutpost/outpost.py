@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from akoutpost.application import OUTPOST_PREFIX, Application
-from akoutpost.config import OutpostConfig, hostKey
+from akoutpost.config import OutpostConfig, ProviderConfig, hostKey
 from akoutpost.forward import configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
 from akoutpost.oidc import OpenIDClient
@@ -54,6 +54,16 @@ def requestHostKey(host: bytes) -> str | None:
     return hostKey("", hostname, int(rest[1:]) if rest else None)
 
 
+def _agentFor(agents: IAgent | Callable[[ProviderConfig], IAgent], provider: ProviderConfig) -> IAgent:
+    """
+    The upstream agent for C{provider}: C{agents} is one agent for all, or a
+    function choosing by the provider's TLS settings.
+    """
+    if IAgent.providedBy(agents) or not callable(agents):
+        return agents
+    return agents(provider)
+
+
 class Outpost:
     """
     The running state of one outpost: every provider's L{Application} and the
@@ -66,15 +76,13 @@ class Outpost:
         self,
         config: OutpostConfig,
         clock: IReactorTime,
-        upstreamAgent: IAgent,
+        upstreamAgent: IAgent | Callable[[ProviderConfig], IAgent],
         providerAgent: IAgent,
-        unverifiedUpstreamAgent: IAgent | None = None,
     ) -> None:
         """
-        @param upstreamAgent: Sends to upstreams, verifying their certificates.
+        @param upstreamAgent: Sends to upstreams: one agent, or a function
+            giving the agent for a provider (its TLS settings differ).
         @param providerAgent: Talks to the OpenID providers.
-        @param unverifiedUpstreamAgent: Sends to the upstreams of providers
-            with C{internal_host_ssl_validation = false}.
         """
         self.config = config
         self.clock = clock
@@ -91,9 +99,7 @@ class Outpost:
             )
             proxy = None
             if provider.mode == "proxy":
-                agent = upstreamAgent
-                if not provider.internal_host_ssl_validation and unverifiedUpstreamAgent is not None:
-                    agent = unverifiedUpstreamAgent
+                agent = _agentFor(upstreamAgent, provider)
                 proxy = UpstreamProxy(provider.internal_host, agent, clock)
             self.applications[provider.externalHostKey] = Application(
                 provider, config.name, self.store, client, clock, proxy, self.isTrusted

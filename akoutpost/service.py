@@ -7,20 +7,25 @@ its own listeners, its providers' OpenID clients and its session sweeper.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
+from twisted.web.server import Site
 
-from akoutpost.config import Config, OutpostConfig
+from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
 from akoutpost.outpost import Outpost
-from akoutpost.tls import NoVerificationPolicy
+from akoutpost.tls import CertificateError, CertificateStore, upstreamPolicy
 
 SWEEP_INTERVAL = 60.0
 
@@ -37,6 +42,8 @@ class _QuietClientFactory(_HTTP11ClientFactory):
 class OutpostService(MultiService):
     """
     One outpost: its listeners, its OpenID clients and its session sweeper.
+
+    @ivar certificates: The HTTPS listener's certificates, if it has one.
     """
 
     log = Logger()
@@ -45,45 +52,50 @@ class OutpostService(MultiService):
         self,
         config: OutpostConfig,
         reactor: Any,
-        upstreamAgent: IAgent,
+        upstreamAgent: IAgent | Callable[[ProviderConfig], IAgent],
         providerAgent: IAgent,
-        unverifiedUpstreamAgent: IAgent | None = None,
     ) -> None:
         super().__init__()
         self.setName(config.key)
         self.config = config
         self.reactor = reactor
-        self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent, unverifiedUpstreamAgent)
+        self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent)
         self._sweeper: LoopingCall | None = None
         self.listeners: list[StreamServerEndpointService] = []
+        self.httpsListener: StreamServerEndpointService | None = None
+        self.certificates: CertificateStore | None = None
         site = self.outpost.site()
         if config.http:
-            listener = StreamServerEndpointService(serverFromString(reactor, config.http), site)
-            listener._raiseSynchronously = True  # a port in use stops startup loudly
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+            self._listen(serverFromString(reactor, config.http), site)
+        if config.https:
+            try:
+                self.certificates = CertificateStore(config, reactor)
+            except CertificateError as e:
+                raise ConfigError([str(e)]) from None
+            endpoint = wrapServerTLS(self.certificates.serverCreator(), serverFromString(reactor, config.https))
+            self.httpsListener = self._listen(endpoint, site)
+
+    def _listen(self, endpoint: IStreamServerEndpoint, site: Site) -> StreamServerEndpointService:
+        listener = StreamServerEndpointService(endpoint, site)
+        listener._raiseSynchronously = True  # a port in use stops startup loudly
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
+        return listener
 
     def startService(self) -> None:
-        if self.config.https:
-            self.log.warn(
-                "outpost {outpost}: https listener {desc} is not served by this version (HTTP only)",
-                outpost=self.config.key,
-                desc=self.config.https,
-            )
         if self.config.metrics:
             self.log.warn(
                 "outpost {outpost}: metrics listener {desc} is not served by this version",
                 outpost=self.config.key,
                 desc=self.config.metrics,
             )
-        for provider in self.config.providers:
-            if provider.mode != "proxy":
-                self.log.warn(
-                    "outpost {outpost}, provider {provider}: mode {mode} is not served by this version; "
-                    "only its login endpoints answer",
+        if self.certificates is not None:
+            for problem in self.certificates.problems():
+                self.log.warn("{problem}", problem=problem)
+            if self.certificates.generated:
+                self.log.info(
+                    "outpost {outpost}: no certificate configured; serving a generated self-signed one",
                     outpost=self.config.key,
-                    provider=provider.name,
-                    mode=provider.mode,
                 )
         super().startService()
         for client in self.outpost.oidcClients:
@@ -96,7 +108,7 @@ class OutpostService(MultiService):
             outpost=self.config.key,
             name=self.config.name,
             count=len(self.config.providers),
-            listen=self.config.http,
+            listen=", ".join(d for d in (self.config.http, self.config.https and f"{self.config.https} (TLS)") if d),
         )
 
     def _sweep(self) -> None:
@@ -114,34 +126,72 @@ class OutpostService(MultiService):
 
 class AkOutpostService(MultiService):
     """
-    The root service: shared HTTP agents and every outpost.
+    The root service: shared HTTP agents and every outpost.  SIGHUP reloads
+    every outpost's certificates.
     """
+
+    log = Logger()
 
     def __init__(
         self, config: Config, reactor: Any, *, upstreamAgent: IAgent | None = None, providerAgent: IAgent | None = None
     ) -> None:
         super().__init__()
         self.setName("akoutpost")
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 64
-        self.pool.cachedConnectionTimeout = 50
-        self.pool._factory = _QuietClientFactory
-        if upstreamAgent is None:
-            upstreamAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
+        self.reactor = reactor
+        self.pools: list[HTTPConnectionPool] = []
+        self.pool = self._newPool()
         if providerAgent is None:
             providerAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
-        unverified = None
-        if any(not p.internal_host_ssl_validation for o in config.outposts for p in o.providers):
-            unverified = Agent(reactor, contextFactory=NoVerificationPolicy(), pool=self.pool)
+        agents: dict[tuple[bool, str], IAgent] = {}
+
+        def agentFor(provider: ProviderConfig) -> IAgent:
+            if upstreamAgent is not None:
+                return upstreamAgent
+            key = (provider.internal_host_ssl_validation, provider.internal_host_ca)
+            if key not in agents:
+                # A pool per TLS policy: pooled connections are keyed by
+                # scheme, host and port only, so a connection opened without
+                # verification must never serve a provider that verifies.
+                pool = self.pool if key == (True, "") else self._newPool()
+                agents[key] = Agent(reactor, contextFactory=upstreamPolicy(*key), pool=pool)
+            return agents[key]
+
         self.outposts: dict[str, OutpostService] = {}
         for outpost in config.outposts:
-            service = OutpostService(outpost, reactor, upstreamAgent, providerAgent, unverified)
+            service = OutpostService(outpost, reactor, agentFor, providerAgent)
             service.setServiceParent(self)
             self.outposts[outpost.key] = service
+        self._previousHandler: Any = None
+
+    def _newPool(self) -> HTTPConnectionPool:
+        pool = HTTPConnectionPool(self.reactor, persistent=True)
+        pool.maxPersistentPerHost = 64
+        pool.cachedConnectionTimeout = 50
+        pool._factory = _QuietClientFactory
+        self.pools.append(pool)
+        return pool
+
+    def reloadCertificates(self) -> None:
+        """
+        Read every outpost's certificate files again (what SIGHUP does);
+        connections already open keep their certificates.
+        """
+        for outpost in self.outposts.values():
+            if outpost.certificates is not None:
+                outpost.certificates.reload()
+
+    def startService(self) -> None:
+        super().startService()
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+            self._previousHandler = signal.signal(
+                signal.SIGHUP, lambda number, frame: self.reactor.callFromThread(self.reloadCertificates)
+            )
 
     def stopService(self) -> Deferred[None] | None:
+        if self._previousHandler is not None:
+            signal.signal(signal.SIGHUP, self._previousHandler)
+            self._previousHandler = None
         d = super().stopService()
-        closing = self.pool.closeCachedConnections()
-        if d is None:
-            return closing
-        return d.addCallback(lambda _: closing)
+        closing = gatherResults([pool.closeCachedConnections() for pool in self.pools])
+        done = closing if d is None else d.addCallback(lambda _: closing)
+        return done.addCallback(lambda _: None)

@@ -29,9 +29,8 @@ def providerConfig(**overrides: Any) -> ProviderConfig:
 
 def config(outposts: dict[str, list[dict[str, Any]]], **outpostFields: Any) -> Config:
     data: dict[str, Any] = {"outposts": {}}
-    for index, (key, providers) in enumerate(outposts.items()):
-        table: dict[str, Any] = {"providers": providers}
-        table["http"] = "tcp:0:interface=127.0.0.1" if index else "tcp:0:interface=127.0.0.1"
+    for key, providers in outposts.items():
+        table: dict[str, Any] = {"providers": providers, "http": "tcp:0:interface=127.0.0.1", "https": ""}
         table.update(outpostFields)
         data["outposts"][key] = table
     return parseConfig(data)

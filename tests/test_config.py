@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 
+from cryptography.hazmat.primitives import serialization
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,7 @@ from akoutpost.config import (
     loadConfig,
     parseConfig,
 )
+from akoutpost.tls import generateSelfSigned
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "akoutpost.toml")
 
@@ -113,7 +115,7 @@ class ValidConfigTests(_ProblemAssertions):
         self.assertEqual(outpost.key, "main")
         self.assertEqual(outpost.name, "main")
         self.assertEqual(outpost.http, "tcp:9000")
-        self.assertIsNone(outpost.https)
+        self.assertEqual(outpost.https, "tcp:9443")
         self.assertIsNone(outpost.metrics)
         self.assertEqual(
             [str(n) for n in outpost.trusted_proxies],
@@ -394,6 +396,13 @@ class SecretTests(_ProblemAssertions):
         self.assertProblem(config(provider(client_secret="")), "field 'client_secret': must not be empty")
 
     def test_certificateRelativeToBaseDir(self) -> None:
+        pair = generateSelfSigned(["app.example.com"])
+        self.directory.child("app.pem").setContent(
+            pair.certificate.public_bytes(serialization.Encoding.PEM)
+            + pair.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         app = parseConfig(config(provider(certificate="app.pem")), self.directory).outposts[0].providers[0]
         self.assertEqual(app.certificate, self.directory.child("app.pem").path)
 
@@ -552,8 +561,13 @@ class ProblemTests(_ProblemAssertions):
         )
         self.assertProblem(config(metrics="tcp:9300:colour=blue"), "outpost 'main', field 'metrics': invalid endpoint")
         self.assertProblem(
-            config(https="ssl:0:privateKey=/nonexistent/key.pem"),
+            config(https="ssl:nine"),
             "outpost 'main', field 'https': invalid endpoint",
+        )
+        self.assertProblem(
+            config(https="ssl:0:privateKey=/nonexistent/key.pem"),
+            "outpost 'main', field 'https': 'ssl:0:privateKey=/nonexistent/key.pem': name certificates in the "
+            "'certificate' fields",
         )
 
     def test_unsupportedEndpointType(self) -> None:
@@ -628,7 +642,7 @@ class ProblemTests(_ProblemAssertions):
         self.assertProblem(data, "outpost 'b', field 'http': required: only the first outpost listens on tcp:9000")
 
     def test_outpostWithNoListenerAtAll(self) -> None:
-        self.assertProblem(config(http=""), "outpost 'main', field 'http': the outpost has neither")
+        self.assertProblem(config(http="", https=""), "outpost 'main', field 'http': the outpost has neither")
 
     def test_severalProblemsAtOnce(self) -> None:
         data = {

@@ -86,7 +86,7 @@ class OutpostStack:
         outposts: dict[str, Any] = {}
         for name, outpost in PROVIDERS.items():
             table = outposts.setdefault(
-                outpost, {"http": f"tcp:{self.ports[outpost]}:interface=127.0.0.1", "providers": []}
+                outpost, {"http": f"tcp:{self.ports[outpost]}:interface=127.0.0.1", "https": "", "providers": []}
             )
             clientId, clientSecret = clients[name]
             table["providers"].append(

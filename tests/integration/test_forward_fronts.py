@@ -111,6 +111,7 @@ class _FrontWalk:
                 "outposts": {
                     "front": {
                         "http": f"tcp:{outpostPort}:interface=127.0.0.1",
+                        "https": "",
                         "providers": [
                             {
                                 "name": f"front-{mode}",
