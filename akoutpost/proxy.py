@@ -23,7 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
@@ -122,6 +123,38 @@ def _hasBody(request: Request) -> bool:
 
 def _timedOut(result: object, timeout: float) -> None:
     raise defer.TimeoutError(f"no response from the upstream within {timeout} seconds")
+
+
+class _ConnectionAwareProtocol(HTTP11ClientProtocol):
+    """
+    Twisted's HTTP/1.1 client, noting on each response the header names its
+    C{Connection} header lists: the Agent keeps that header to itself, but a
+    proxy must not pass on the headers it names (RFC 9110 7.6.1).
+    """
+
+    def request(self, request: Any) -> defer.Deferred[IResponse]:
+        d = super().request(request)
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+
+            def note(response: IResponse) -> IResponse:
+                response.connectionTokens = _connectionTokens(parser.connHeaders)  # type: ignore[attr-defined]
+                return response
+
+            d.addCallback(note)
+        return d
+
+
+class UpstreamClientFactory(_HTTP11ClientFactory):
+    """
+    The connection factory of the upstream pools: connection-aware
+    protocols, and no log line for every connection opened and closed.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _ConnectionAwareProtocol(self._quiescentCallback)
 
 
 class _BodyRelay(Protocol):
@@ -237,7 +270,7 @@ class UpstreamProxy(ReverseProxyResource):
             response.deliverBody(Protocol())
             return None
         request.setResponseCode(response.code, response.phrase)
-        drop = HOP_BY_HOP | _connectionTokens(response.headers)
+        drop = HOP_BY_HOP | _connectionTokens(response.headers) | getattr(response, "connectionTokens", set())
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in drop:
                 request.responseHeaders.setRawHeaders(name, list(values))

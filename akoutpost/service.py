@@ -19,24 +19,16 @@ from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
 from akoutpost.outpost import Outpost
+from akoutpost.proxy import UpstreamClientFactory
 from akoutpost.tls import CertificateError, CertificateStore, upstreamPolicy
 
 SWEEP_INTERVAL = 60.0
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory without a log line for every upstream
-    connection opened and closed.
-    """
-
-    noisy = False
 
 
 class OutpostService(MultiService):
@@ -167,7 +159,7 @@ class AkOutpostService(MultiService):
         pool = HTTPConnectionPool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = 64
         pool.cachedConnectionTimeout = 50
-        pool._factory = _QuietClientFactory
+        pool._factory = UpstreamClientFactory
         self.pools.append(pool)
         return pool
 
