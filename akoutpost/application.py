@@ -37,6 +37,7 @@ from akoutpost.redirect import checkRedirect
 from akoutpost.session import CookieSigner, Session, SessionStore
 from akoutpost.state import REMEMBER_FOR, STATE_LIFETIME, InvalidState, LoginStates, RedirectMemory
 from akoutpost.tokens import TokenError
+from akoutpost.tunnel import isUpgrade
 
 OUTPOST_PREFIX = "/outpost.goauthentik.io"
 CALLBACK_SIGNATURE = "X-authentik-auth-callback"
@@ -453,6 +454,10 @@ class Application:
                 request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())
             )
             origin, host = self._override(session, originalHost)
+            if isUpgrade(request):
+                return self.proxy.upgrade(
+                    request, origin=origin, host=host, trustedPeer=trusted, forwardedHost=originalHost
+                )
             proxyClaims = session.claims.get("ak_proxy")
             superuser = isinstance(proxyClaims, dict) and proxyClaims.get("is_superuser") is True
             return self.proxy.forward(
@@ -464,7 +469,12 @@ class Application:
                 forwardedHost=originalHost,
             )
         if self.isAllowlisted(request):
+            if isUpgrade(request):
+                return self.proxy.upgrade(request, trustedPeer=trusted, forwardedHost=originalHost)
             return self.proxy.forward(request, trustedPeer=trusted, forwardedHost=originalHost)
+        if isUpgrade(request):
+            # A websocket handshake cannot follow a login redirect.
+            return renderPage(request, 401, "Unauthenticated", "Sign in to use this application.")
         if self.config.intercept_header_auth and request.requestHeaders.hasHeader(b"authorization"):
             return renderPage(
                 request,

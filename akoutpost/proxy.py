@@ -24,13 +24,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import URI, FileBodyProducer, PotentialDataLoss, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
 from akoutpost.pages import renderPage
+from akoutpost.tunnel import tunnel
 
 with warnings.catch_warnings():
     # twisted.web.proxy imports the deprecated HTTPClient; we only subclass
@@ -262,6 +263,31 @@ class UpstreamProxy(ReverseProxyResource):
         d.addCallback(self._gotResponse, request, clientGone)
         d.addErrback(self._failed, request, target, clientGone, showErrors)
         return NOT_DONE_YET
+
+    def upgrade(
+        self,
+        request: Request,
+        origin: bytes | None = None,
+        host: bytes | None = None,
+        trustedPeer: bool = False,
+        forwardedHost: bytes | None = None,
+    ) -> int:
+        """
+        Tunnel an upgrade request (a websocket) to the upstream; see
+        L{akoutpost.tunnel}.  Takes the same arguments as L{forward}.
+        """
+        target = origin or self.origin
+        factory = getattr(self.agent, "_endpointFactory", None)
+        if factory is None:
+            # Only a real Agent knows how to reach the upstream (TLS policy
+            # included); test doubles do not.
+            request.write(renderPage(request, 502, "Bad Gateway", "Upgrades cannot be proxied here."))
+            request.finish()
+            return NOT_DONE_YET
+        endpoint = factory.endpointForURI(URI.fromBytes(target + b"/"))
+        sendHost = host or request.getHeader(b"host") or target.split(b"://", 1)[1]
+        headers = upstreamHeaders(request, sendHost, trustedPeer, forwardedHost)
+        return tunnel(request, endpoint, headers, self.clock, self.responseTimeout)
 
     def _gotResponse(
         self, response: IResponse, request: Request, clientGone: list[bool]

@@ -20,9 +20,9 @@ from twisted.web.server import Site
 
 from akoutpost.config import parseConfig
 from akoutpost.service import AkOutpostService
-from akoutpost.testing import EchoApplication
 
 from ._browser import Browser, Page, submitLogin
+from ._upstream import UpstreamApplication
 
 reactor: Any = _globalReactor
 
@@ -64,7 +64,7 @@ class OutpostStack:
         self.testCase = testCase
         self.ports = {"main": freePort(), "other": freePort()}
         self.external = {name: f"http://{name}.test:{self.ports[outpost]}" for name, outpost in PROVIDERS.items()}
-        self.echo = reactor.listenTCP(0, Site(EchoApplication()), interface="127.0.0.1")
+        self.echo = reactor.listenTCP(0, Site(UpstreamApplication()), interface="127.0.0.1")
         testCase.addCleanup(self.echo.stopListening)
         self.browser = Browser(reactor, HOSTS)
         testCase.addCleanup(self.browser.close)
