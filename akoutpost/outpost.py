@@ -17,6 +17,7 @@ from twisted.web.server import Request, Site
 
 from akoutpost.application import OUTPOST_PREFIX, Application
 from akoutpost.config import OutpostConfig, ProviderConfig, hostKey
+from akoutpost.drain import Drain
 from akoutpost.forward import configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
 from akoutpost.oidc import OpenIDClient
@@ -86,6 +87,7 @@ class Outpost:
         """
         self.config = config
         self.clock = clock
+        self.drain: Drain | None = None
         self.store = SessionStore(clock)
         self.applications: dict[str, Application] = {}
         for provider in config.providers:
@@ -184,6 +186,8 @@ class OutpostResource(Resource):
         self.outpost = outpost
 
     def render(self, request: Request) -> bytes | int:
+        if self.outpost.drain is not None:
+            self.outpost.drain.track(request)
         stripSpoofable(request.requestHeaders)
         path = request.uri.partition(b"?")[0]
         if path == _PING:

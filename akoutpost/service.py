@@ -24,6 +24,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
+from akoutpost.drain import Drain
 from akoutpost.outpost import Outpost
 from akoutpost.proxy import UpstreamClientFactory
 from akoutpost.tls import CertificateError, CertificateStore, upstreamPolicy
@@ -130,6 +131,9 @@ class AkOutpostService(MultiService):
         super().__init__()
         self.setName("akoutpost")
         self.reactor = reactor
+        # The first child, so it is stopped last: after every listener.
+        self.drain = Drain(reactor)
+        self.drain.setServiceParent(self)
         self.pools: list[HTTPConnectionPool] = []
         self.pool = self._newPool()
         if providerAgent is None:
@@ -151,6 +155,7 @@ class AkOutpostService(MultiService):
         self.outposts: dict[str, OutpostService] = {}
         for outpost in config.outposts:
             service = OutpostService(outpost, reactor, agentFor, providerAgent)
+            service.outpost.drain = self.drain
             service.setServiceParent(self)
             self.outposts[outpost.key] = service
         self._previousHandler: Any = None

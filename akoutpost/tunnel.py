@@ -105,7 +105,7 @@ class _UpstreamSide(Protocol):
         assert clientTransport is not None
         # Each side pauses the other while its own buffer is full (the
         # HTTP channel stops being the client transport's producer).
-        clientTransport.unregisterProducer()
+        clientTransport.unregisterProducer()  # type: ignore[attr-defined]
         clientTransport.registerProducer(self.transport, True)  # type: ignore[attr-defined]
         self.transport.registerProducer(clientTransport, True)  # type: ignore[union-attr]
         clientTransport.write(self.buffer)

@@ -90,6 +90,39 @@ class _Big(Resource):
         return NOT_DONE_YET
 
 
+class _Slow(Resource):
+    """
+    C{/slow/<chunks>}: that many 64 KiB chunks of the pattern, one every
+    50 ms, so that a download is in flight for a while.
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def render_GET(self, request: Request) -> int:
+        chunks = int(request.postpath[0]) if request.postpath and request.postpath[0].isdigit() else 20
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(chunks * len(_CHUNK)).encode())
+        gone = request.notifyFinish()
+        cancelled: list[bool] = []
+        gone.addErrback(lambda _: cancelled.append(True))
+
+        def send(remaining: int) -> None:
+            if cancelled:
+                return
+            request.write(_CHUNK)
+            if remaining > 1:
+                self.clock.callLater(0.05, send, remaining - 1)
+            else:
+                request.finish()
+
+        send(chunks)
+        return NOT_DONE_YET
+
+
 class _Echo:
     """
     Websocket protocol: sends every message back, prefixed with "echo:".
@@ -121,13 +154,17 @@ class _EchoFactory:
 
 class UpstreamApplication(Resource):
     """
-    The test upstream: C{/big/N}, C{/ws}, and the echo application elsewhere.
+    The test upstream: C{/big/N}, C{/slow/N}, C{/ws}, and the echo
+    application elsewhere.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.echo = EchoApplication()
         self.putChild(b"big", _Big())
+        self.putChild(b"slow", _Slow(clock))
         self.putChild(b"ws", WebSocketResource(_EchoFactory()))  # type: ignore[arg-type]
 
     def getChild(self, path: bytes, request: Request) -> IResource:

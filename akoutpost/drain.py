@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.integration.test_shutdown -*-
+"""
+Graceful shutdown: on SIGTERM the listeners stop accepting, requests in
+flight get up to a deadline to finish, and only then does the process exit.
+
+twistd stops services from a "before shutdown" trigger and then drops every
+connection without flushing, so a response still being written would be cut
+short.  L{Drain} is the first child of the root service, hence stopped last:
+by then the listeners are closed, and it waits until every tracked request
+has finished (each finished connection is closed after its last byte is
+flushed) or the deadline passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+DEFAULT_DEADLINE = 30.0
+
+
+class Drain(Service):
+    """
+    Tracks requests in flight and holds shutdown until they are done.
+    """
+
+    name = "drain"
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, deadline: float = DEFAULT_DEADLINE) -> None:
+        self.clock = clock
+        self.deadline = deadline
+        self.draining = False
+        self._inFlight: dict[Request, Any] = {}
+        self._waiters: list[Deferred[None]] = []
+
+    def track(self, request: Request) -> None:
+        """
+        Follow C{request} until it finishes.  Its channel is captured now:
+        twisted.web forgets it before the finish notification fires.
+        """
+        self._inFlight[request] = request.channel
+        request.notifyFinish().addBoth(self._finished, request)
+
+    def _finished(self, _: object, request: Request) -> None:
+        channel = self._inFlight.pop(request, None)
+        if not self.draining:
+            return
+        if channel is not None and getattr(channel, "transport", None) is not None:
+            # Flushes what is buffered, then closes: no keep-alive while
+            # shutting down.
+            channel.loseConnection()
+        if not self._inFlight:
+            self._release()
+
+    def _release(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            # A tick later, so that the last response's bytes are written.
+            deferLater(self.clock, 0.05, lambda: None).chainDeferred(waiter)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.draining = True
+        if not self._inFlight:
+            return None
+        self.log.info(
+            "waiting up to {deadline:.0f}s for {count} request(s) in flight",
+            deadline=self.deadline,
+            count=len(self._inFlight),
+        )
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        waiter.addTimeout(self.deadline, self.clock)
+
+        def late(failure: Any) -> None:
+            failure.trap(TimeoutError)
+            self.log.warn("shutdown deadline passed with {count} request(s) still in flight", count=len(self._inFlight))
+
+        waiter.addErrback(late)
+        return waiter
