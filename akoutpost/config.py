@@ -34,6 +34,17 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MODES = ("proxy", "forward_single", "forward_domain")
 DEFAULT_SCOPES = ("openid", "profile", "email", "entitlements", "ak_proxy")
 DEFAULT_ACCESS_TOKEN_VALIDITY = 86400.0
+# Limits and timeouts of the proxy, in bytes and seconds.  0 as a body size
+# means no limit.
+DEFAULT_MAX_BODY_SIZE = 0
+DEFAULT_UPSTREAM_CONNECT_TIMEOUT = 10.0
+DEFAULT_UPSTREAM_RESPONSE_TIMEOUT = 60.0
+DEFAULT_UPSTREAM_IDLE_TIMEOUT = 50.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_HEADER_SIZE = 16384
+DEFAULT_IDLE_TIMEOUT = 60.0
+# Smaller header limits would refuse ordinary browser requests.
+MIN_MAX_HEADER_SIZE = 1024
 FIRST_OUTPOST_HTTP = "tcp:9000"
 FIRST_OUTPOST_HTTPS = "ssl:9443"
 # Arguments of Twisted's ssl: endpoint that name key material: akoutpost
@@ -61,6 +72,9 @@ _OUTPOST_FIELDS = (
     "trusted_proxies",
     "certificate",
     "certificate_key",
+    "header_timeout",
+    "max_header_size",
+    "idle_timeout",
     "providers",
 )
 _PROVIDER_FIELDS = (
@@ -87,6 +101,10 @@ _PROVIDER_FIELDS = (
     "certificate",
     "certificate_key",
     "internal_host_ca",
+    "max_body_size",
+    "upstream_connect_timeout",
+    "upstream_response_timeout",
+    "upstream_idle_timeout",
 )
 
 
@@ -156,6 +174,10 @@ class ProviderConfig:
     certificate: str = ""
     certificate_key: str = ""
     internal_host_ca: str = ""
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    upstream_connect_timeout: float = DEFAULT_UPSTREAM_CONNECT_TIMEOUT
+    upstream_response_timeout: float = DEFAULT_UPSTREAM_RESPONSE_TIMEOUT
+    upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
 
     @cached_property
     def externalScheme(self) -> str:
@@ -192,7 +214,8 @@ class ProviderConfig:
 class OutpostConfig:
     """
     One outpost: its listeners (Twisted server endpoint strings, or C{None}),
-    the proxies it trusts for forwarded headers, and its providers.
+    the proxies it trusts for forwarded headers, the limits its listeners put
+    on clients, and its providers.
     """
 
     key: str
@@ -203,6 +226,9 @@ class OutpostConfig:
     trusted_proxies: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_PROXIES
     certificate: str = ""
     certificate_key: str = ""
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     providers: tuple[ProviderConfig, ...] = ()
 
 
@@ -317,6 +343,20 @@ class _Table:
     def number(self, key: str, default: float) -> float:
         value = self._get(key, (int, float), "a number", False)
         return float(value) if isinstance(value, (int, float)) else default
+
+    def integer(self, key: str, default: int) -> int:
+        value = self._get(key, (int,), "a whole number", False)
+        return value if isinstance(value, int) else default
+
+    def seconds(self, key: str, default: float) -> float:
+        """
+        A duration: a positive, finite number of seconds.
+        """
+        value = self.number(key, default)
+        if not (math.isfinite(value) and value > 0):
+            self.problem(key, "must be a positive number of seconds")
+            return default
+        return value
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._get(key, (list,), "an array of strings", False)
@@ -549,6 +589,11 @@ def _parseOutpost(
                 table.problem("trusted_proxies", f"{cidr!r} is not a network in CIDR notation: {e}")
         trusted = tuple(networks)
     certificate, certificateKey = _certificate(table, baseDir)
+    headerTimeout = table.seconds("header_timeout", DEFAULT_HEADER_TIMEOUT)
+    maxHeaderSize = table.integer("max_header_size", DEFAULT_MAX_HEADER_SIZE)
+    if maxHeaderSize < MIN_MAX_HEADER_SIZE:
+        table.problem("max_header_size", f"must be at least {MIN_MAX_HEADER_SIZE} bytes, not {maxHeaderSize}")
+    idleTimeout = table.seconds("idle_timeout", DEFAULT_IDLE_TIMEOUT)
     providers = _parseProviders(key, raw.get("providers"), table, baseDir)
     if len(problems) > before:
         return None
@@ -561,6 +606,9 @@ def _parseOutpost(
         https=endpoints["https"],
         metrics=endpoints["metrics"],
         trusted_proxies=trusted,
+        header_timeout=headerTimeout,
+        max_header_size=maxHeaderSize,
+        idle_timeout=idleTimeout,
         providers=providers,
     )
 
@@ -650,6 +698,12 @@ def _parseProvider(reader: _Table, outpost: str, index: int, baseDir: str) -> tu
                 x509.load_pem_x509_certificates(f.read())
         except ValueError:
             reader.problem("internal_host_ca", f"{internalCA} holds no PEM certificate")
+    maxBodySize = reader.integer("max_body_size", DEFAULT_MAX_BODY_SIZE)
+    if maxBodySize < 0:
+        reader.problem("max_body_size", f"must be a number of bytes (0 for no limit), not {maxBodySize}")
+    connectTimeout = reader.seconds("upstream_connect_timeout", DEFAULT_UPSTREAM_CONNECT_TIMEOUT)
+    responseTimeout = reader.seconds("upstream_response_timeout", DEFAULT_UPSTREAM_RESPONSE_TIMEOUT)
+    idleTimeout = reader.seconds("upstream_idle_timeout", DEFAULT_UPSTREAM_IDLE_TIMEOUT)
     appSlug = reader.string("app_slug", name)
     sslValidation = reader.boolean("internal_host_ssl_validation", True)
     clientSecret = _secret(reader, "client_secret", baseDir, required=True)
@@ -688,6 +742,10 @@ def _parseProvider(reader: _Table, outpost: str, index: int, baseDir: str) -> tu
         certificate=certificate,
         certificate_key=certificateKey,
         internal_host_ca=internalCA,
+        max_body_size=maxBodySize,
+        upstream_connect_timeout=connectTimeout,
+        upstream_response_timeout=responseTimeout,
+        upstream_idle_timeout=idleTimeout,
     )
     return provider, key, clientId
 

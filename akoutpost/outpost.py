@@ -23,6 +23,7 @@ from akoutpost.headers import stripSpoofable
 from akoutpost.oidc import OpenIDClient
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
+from akoutpost.server import OutpostSite
 from akoutpost.session import SessionStore
 
 _PING = f"{OUTPOST_PREFIX}/ping".encode("ascii")
@@ -102,7 +103,9 @@ class Outpost:
             proxy = None
             if provider.mode == "proxy":
                 agent = _agentFor(upstreamAgent, provider)
-                proxy = UpstreamProxy(provider.internal_host, agent, clock)
+                proxy = UpstreamProxy(
+                    provider.internal_host, agent, clock, responseTimeout=provider.upstream_response_timeout
+                )
             self.applications[provider.externalHostKey] = Application(
                 provider, config.name, self.store, client, clock, proxy, self.isTrusted
             )
@@ -167,10 +170,31 @@ class Outpost:
                     best = candidate
         return best
 
-    def site(self, siteFactory: Callable[..., Site] = Site) -> Site:
-        site = siteFactory(OutpostResource(self))
-        site.displayTracebacks = False
-        return site
+    def maxBodySize(self, request: Request) -> int:
+        """
+        The largest request body, in bytes, that the provider of the
+        request's host accepts; 0 for no limit (and for unknown hosts).
+        """
+        app = self.applicationFor(request)
+        return app.config.max_body_size if app is not None else 0
+
+    def site(self, siteFactory: Callable[..., Site] | None = None) -> Site:
+        """
+        The site of the outpost's listeners: an L{OutpostSite} holding
+        clients to the outpost's limits, or C{siteFactory(root)}.
+        """
+        if siteFactory is not None:
+            site = siteFactory(OutpostResource(self))
+            site.displayTracebacks = False
+            return site
+        return OutpostSite(
+            OutpostResource(self),
+            bodyLimit=self.maxBodySize,
+            headerTimeout=self.config.header_timeout,
+            maxHeaderSize=self.config.max_header_size,
+            idleTimeout=self.config.idle_timeout,
+            reactor=self.clock,
+        )
 
 
 class OutpostResource(Resource):

@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet import defer, task
+from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -330,7 +330,7 @@ class UpstreamProxy(ReverseProxyResource):
         if request.startedWriting:
             request.channel.transport.abortConnection()  # type: ignore[union-attr]
             return
-        if failure.check(defer.TimeoutError):
+        if failure.check(defer.TimeoutError, error.TimeoutError):
             status, title, message = 504, "Gateway Timeout", "The application did not answer in time."
         else:
             status, title, message = 502, "Bad Gateway", "Failed to connect to the application."

@@ -138,18 +138,35 @@ class AkOutpostService(MultiService):
         self.pool = self._newPool()
         if providerAgent is None:
             providerAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
-        agents: dict[tuple[bool, str], IAgent] = {}
+        agents: dict[tuple[bool, str, float], IAgent] = {}
+        pools: dict[tuple[bool, str], HTTPConnectionPool] = {}
 
         def agentFor(provider: ProviderConfig) -> IAgent:
             if upstreamAgent is not None:
                 return upstreamAgent
-            key = (provider.internal_host_ssl_validation, provider.internal_host_ca)
-            if key not in agents:
+            policy = (provider.internal_host_ssl_validation, provider.internal_host_ca)
+            pool = pools.get(policy)
+            if pool is None:
                 # A pool per TLS policy: pooled connections are keyed by
                 # scheme, host and port only, so a connection opened without
                 # verification must never serve a provider that verifies.
-                pool = self.pool if key == (True, "") else self._newPool()
-                agents[key] = Agent(reactor, contextFactory=upstreamPolicy(*key), pool=pool)
+                pool = pools[policy] = self.pool if policy == (True, "") else self._newPool()
+                # (Twisted annotates it as int; any number of seconds works.)
+                pool.cachedConnectionTimeout = provider.upstream_idle_timeout  # type: ignore[assignment]
+            else:
+                # The providers sharing a pool share its idle timeout: the
+                # shortest, so that no pooled connection outlives the
+                # keep-alive of any of their upstreams.
+                idle = min(pool.cachedConnectionTimeout, provider.upstream_idle_timeout)
+                pool.cachedConnectionTimeout = idle  # type: ignore[assignment]
+            key = (*policy, provider.upstream_connect_timeout)
+            if key not in agents:
+                agents[key] = Agent(
+                    reactor,
+                    contextFactory=upstreamPolicy(*policy),
+                    connectTimeout=provider.upstream_connect_timeout,
+                    pool=pool,
+                )
             return agents[key]
 
         self.outposts: dict[str, OutpostService] = {}

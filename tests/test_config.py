@@ -675,6 +675,106 @@ class ProblemTests(_ProblemAssertions):
         self.assertEqual(str(error), "\n".join(error.problems))
 
 
+class LimitTests(_ProblemAssertions):
+    """
+    The proxy's limits and timeouts: body size and upstream timeouts per
+    provider, the client-side limits per outpost.
+    """
+
+    def test_defaults(self) -> None:
+        [outpost] = parseConfig(config()).outposts
+        self.assertEqual((outpost.header_timeout, outpost.max_header_size, outpost.idle_timeout), (10.0, 16384, 60.0))
+        [app] = outpost.providers
+        self.assertEqual(app.max_body_size, 0)
+        self.assertEqual(
+            (app.upstream_connect_timeout, app.upstream_response_timeout, app.upstream_idle_timeout), (10.0, 60.0, 50.0)
+        )
+
+    def test_given(self) -> None:
+        data = config(
+            provider(
+                max_body_size=1_048_576,
+                upstream_connect_timeout=2,
+                upstream_response_timeout=0.5,
+                upstream_idle_timeout=4.5,
+            ),
+            header_timeout=3,
+            max_header_size=8192,
+            idle_timeout=30.5,
+        )
+        [outpost] = parseConfig(data).outposts
+        self.assertEqual((outpost.header_timeout, outpost.max_header_size, outpost.idle_timeout), (3.0, 8192, 30.5))
+        [app] = outpost.providers
+        self.assertEqual(app.max_body_size, 1_048_576)
+        self.assertEqual(
+            (app.upstream_connect_timeout, app.upstream_response_timeout, app.upstream_idle_timeout), (2.0, 0.5, 4.5)
+        )
+        self.assertIsInstance(outpost.header_timeout, float)
+        self.assertIsInstance(app.max_body_size, int)
+
+    def test_badTimeouts(self) -> None:
+        where = {
+            "upstream_connect_timeout": "outpost 'main', provider 'app' (#1), ",
+            "upstream_response_timeout": "outpost 'main', provider 'app' (#1), ",
+            "upstream_idle_timeout": "outpost 'main', provider 'app' (#1), ",
+            "header_timeout": "outpost 'main', ",
+            "idle_timeout": "outpost 'main', ",
+        }
+        for field, prefix in where.items():
+            for value, message in (
+                (0, "must be a positive number of seconds"),
+                (-1, "must be a positive number of seconds"),
+                (float("inf"), "must be a positive number of seconds"),
+                (float("nan"), "must be a positive number of seconds"),
+                ("10s", "must be a number, not a string"),
+                (True, "must be a number, not a boolean"),
+            ):
+                data = config(provider(**{field: value})) if "provider" in prefix else config(**{field: value})
+                self.assertProblem(data, f"{prefix}field {field!r}: {message}")
+
+    def test_badMaxBodySize(self) -> None:
+        prefix = "outpost 'main', provider 'app' (#1), field 'max_body_size': "
+        self.assertProblem(
+            config(provider(max_body_size=-1)), prefix + "must be a number of bytes (0 for no limit), not -1"
+        )
+        self.assertProblem(config(provider(max_body_size=1.5)), prefix + "must be a whole number, not a float")
+        self.assertProblem(config(provider(max_body_size="10M")), prefix + "must be a whole number, not a string")
+        self.assertProblem(config(provider(max_body_size=False)), prefix + "must be a whole number, not a boolean")
+
+    def test_badMaxHeaderSize(self) -> None:
+        prefix = "outpost 'main', field 'max_header_size': "
+        self.assertProblem(config(max_header_size=1023), prefix + "must be at least 1024 bytes, not 1023")
+        self.assertProblem(config(max_header_size=0), prefix + "must be at least 1024 bytes, not 0")
+        self.assertProblem(config(max_header_size=16384.0), prefix + "must be a whole number, not a float")
+        self.assertEqual(parseConfig(config(max_header_size=1024)).outposts[0].max_header_size, 1024)
+
+    def test_unknownFieldHints(self) -> None:
+        self.assertProblem(
+            config(provider(max_body_sise=1)),
+            "outpost 'main', provider 'app' (#1), field 'max_body_sise': unknown field (did you mean 'max_body_size'?)",
+        )
+        self.assertProblem(
+            config(provider(upstream_conect_timeout=1)),
+            "field 'upstream_conect_timeout': unknown field (did you mean 'upstream_connect_timeout'?)",
+        )
+        self.assertProblem(
+            config(header_timout=1),
+            "outpost 'main', field 'header_timout': unknown field (did you mean 'header_timeout'?)",
+        )
+        self.assertProblem(
+            config(idle_timeout_seconds=1),
+            "outpost 'main', field 'idle_timeout_seconds': unknown field (did you mean 'idle_timeout'?)",
+        )
+
+    def test_everyProblemReported(self) -> None:
+        error = self.assertRaises(
+            ConfigError,
+            parseConfig,
+            config(provider(max_body_size=-5, upstream_idle_timeout=0), header_timeout=-1, max_header_size=10),
+        )
+        self.assertEqual(len(error.problems), 4, error)
+
+
 class ConfigErrorTests(SynchronousTestCase):
     def test_problemsAndString(self) -> None:
         error = ConfigError(["one", "two"])

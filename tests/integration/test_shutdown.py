@@ -66,7 +66,9 @@ class ShutdownTests(TestCase):
         upstream = reactor.listenTCP(0, Site(UpstreamApplication(reactor)), interface="127.0.0.1")
         self.addCleanup(upstream.stopListening)
         port = test_tap.freePorts(2)
-        path = test_tap.writeFile(self.mktemp(), CONFIG.format(port=port, upstream=upstream.getHost().port, nobody=port + 1))
+        path = test_tap.writeFile(
+            self.mktemp(), CONFIG.format(port=port, upstream=upstream.getHost().port, nobody=port + 1)
+        )
         process = self.twistd("--config", path)
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)

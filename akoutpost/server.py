@@ -1,0 +1,251 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The client-facing HTTP server: a L{Site} whose connections hold clients to
+the outpost's limits.
+
+twisted.web's L{HTTPChannel} answers an over-long request head with a bare
+400, lets a client take as long as it likes to send a head as long as it sends
+a byte now and then (its idle timeout restarts on every read), and spools any
+request body, however large, to a temporary file.  L{OutpostChannel} answers
+431 for a head over C{max_header_size}, drops a client whose head is not
+complete C{header_timeout} seconds after its first byte, and answers 413 as
+soon as a request announces, or a chunked body grows to, more than its
+provider's C{max_body_size}, without reading the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from akoutpost.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE
+
+#: Seconds a refused client may go on sending (its data is read and thrown
+#: away) before its connection is aborted: closing a socket with unread data
+#: makes the kernel send a reset, which can destroy the answer before the
+#: client reads it.
+LINGER_TIMEOUT = 5.0
+
+
+def noBodyLimit(request: Request) -> int:
+    """
+    The body limit of a site that has none.
+    """
+    return 0
+
+
+def _answer(status: bytes, message: bytes) -> bytes:
+    body = message + b"\n"
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"Connection: close\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(body),)
+    ) + body
+
+
+class OutpostRequest(Request):
+    """
+    A request whose chunked body may not grow past C{bodyLimit} bytes.
+
+    @ivar bodyLimit: The largest body accepted, in bytes; 0 for no limit.
+        Set by the channel once the head is complete.
+    """
+
+    bodyLimit = 0
+    _bodyReceived = 0
+    _refused = False
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.bodyLimit:
+            self._bodyReceived += len(data)
+            if self._bodyReceived > self.bodyLimit:
+                self._refused = True
+                self.channel.refuse(b"413 Payload Too Large", b"The request body is too large.")  # type: ignore[attr-defined]
+                return
+        super().handleContentChunk(data)
+
+
+class OutpostChannel(HTTPChannel):
+    """
+    An HTTP/1.1 connection with a 431 for large heads, a deadline for
+    completing a head, and per-request body limits.
+
+    The limits come from the L{OutpostSite} (C{site}), which sets
+    C{totalHeadersSize}, C{MAX_LENGTH} and C{headerTimeout} on every channel it
+    builds.
+
+    @ivar headerTimeout: Seconds from the first byte of a request head until
+        the head must be complete, or L{None} for no limit.
+    """
+
+    log = Logger()
+    site: OutpostSite
+    headerTimeout: float | None = DEFAULT_HEADER_TIMEOUT
+    totalHeadersSize = DEFAULT_MAX_HEADER_SIZE
+    MAX_LENGTH = DEFAULT_MAX_HEADER_SIZE
+    _headCall: IDelayedCall | None = None
+    _inHead = False
+    _refused = False
+
+    # The head deadline.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            # Read and thrown away until the client closes (see refuse).
+            return
+        super().dataReceived(data)
+        if (
+            self._headCall is None
+            and self.headerTimeout is not None
+            and not self._refused
+            and self.line_mode
+            and not self._handlingRequest
+            and (self._inHead or self._buffer)
+            and self.transport is not None
+            and not self.transport.disconnecting  # type: ignore[attr-defined]
+        ):
+            self._headCall = self.callLater(self.headerTimeout, self._headTimedOut)
+
+    def _cancelHeadCall(self) -> None:
+        if self._headCall is not None:
+            if self._headCall.active():
+                self._headCall.cancel()
+            self._headCall = None
+
+    def _headTimedOut(self) -> None:
+        self._headCall = None
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.info("dropping {peer}: no complete request head in {seconds} s", peer=peer, seconds=self.headerTimeout)
+        self.refuse(b"408 Request Timeout", b"The request head took too long.", linger=False)
+
+    # The head size.
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.lineLengthExceeded(line)
+            return
+        if line:
+            self._inHead = True
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(b"431 Request Header Fields Too Large", b"The request head is too large.")
+
+    def allHeadersReceived(self) -> None:
+        self._inHead = False
+        self._cancelHeadCall()
+        request = self.requests[-1]
+        # A request without a body (the usual case) costs no lookup.
+        limit = self.site.bodyLimit(request) if self.length != 0 else 0
+        if limit:
+            if self.length is not None and self.length > limit:
+                # Before gotLength opens a file for the body, and before a
+                # "100 Continue" invites the client to send it.
+                self.refuse(b"413 Payload Too Large", b"The request body is too large.")
+                return
+            request.bodyLimit = limit
+        super().allHeadersReceived()
+
+    # Refusing.
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def _finishRequestBody(self, data: bytes) -> None:
+        if not self._refused:
+            super()._finishRequestBody(data)
+
+    def refuse(self, status: bytes, message: bytes, linger: bool = True) -> None:
+        """
+        Answer C{status} without reading the rest of the request and close
+        the connection.  Anything the client still sends is read and thrown
+        away until it closes or L{LINGER_TIMEOUT} passes (nginx's lingering
+        close), so that it gets to read the answer.
+
+        Only called while the channel reads a request, never while one is
+        being answered.
+        """
+        if self._refused or self.transport is None:
+            return
+        self._refused = True
+        self._inHead = False
+        self._cancelHeadCall()
+        self.setTimeout(None)
+        self.transport.write(_answer(status, message))
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if linger and hasattr(type(self.transport), "loseWriteConnection"):
+            # Plain TCP: half-close, so the answer is followed by a FIN, and
+            # keep reading.  (TLS cannot half-close.)
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            timeout = LINGER_TIMEOUT
+        else:
+            self.transport.loseConnection()
+            timeout = float(self.abortTimeout or LINGER_TIMEOUT)
+        if self._abortingCall is None:
+            self._abortingCall = self.callLater(timeout, self.forceAbortClient)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelHeadCall()
+        super().connectionLost(reason)
+
+
+class OutpostSite(Site):
+    """
+    The site of an outpost's listeners.
+
+    Form bodies are not parsed (they are passed on, not read), tracebacks are
+    never shown, and every connection is an L{OutpostChannel} held to the
+    limits given here.
+    """
+
+    protocol = OutpostChannel  # type: ignore[assignment]
+    requestFactory = OutpostRequest
+    displayTracebacks = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        bodyLimit: Callable[[Request], int] = noBodyLimit,
+        headerTimeout: float | None = DEFAULT_HEADER_TIMEOUT,
+        maxHeaderSize: int = DEFAULT_MAX_HEADER_SIZE,
+        idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param bodyLimit: The largest request body accepted for a request
+            (its head is complete, its body not read yet), in bytes; 0 for
+            no limit.
+        @param headerTimeout: Seconds a client has from the first byte of a
+            request head to its end.
+        @param maxHeaderSize: The largest request head (request line and
+            header lines), in bytes; larger ones get 431.
+        @param idleTimeout: Seconds a connection may stay idle (between
+            requests, or stalled in a body).
+        @param reactor: The clock for every timeout.
+        """
+        super().__init__(resource, parsePOSTFormSubmission=False, timeout=idleTimeout, reactor=reactor)
+        self.bodyLimit = bodyLimit
+        self.headerTimeout = headerTimeout
+        self.maxHeaderSize = maxHeaderSize
+
+    def buildProtocol(self, addr: Any) -> OutpostChannel:  # type: ignore[override]
+        channel = cast(OutpostChannel, super().buildProtocol(addr))
+        channel.headerTimeout = self.headerTimeout
+        channel.totalHeadersSize = self.maxHeaderSize
+        # A single line over the limit is refused before it is buffered whole.
+        channel.MAX_LENGTH = self.maxHeaderSize
+        return channel
