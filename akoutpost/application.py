@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from akoutpost.config import ProviderConfig
 from akoutpost.forward import ForwardedURL, forwardedMethod
 from akoutpost.headers import IDENTITY_HEADERS, IdentityContext, applyHeaders, identityHeaders, stripCookies
+from akoutpost.metrics import NO_METRICS, ProviderMetrics
 from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
@@ -73,13 +74,15 @@ def allowlistPath(rawPath: bytes) -> str | None:
 
     Ambiguous means that servers may read it as another path than its
     characters say: dot segments (also percent-encoded or double-encoded),
-    C{;} path parameters, empty segments, encoded slashes, backslashes and
-    control characters.
+    C{;} path parameters, a C{#}, empty segments, encoded slashes,
+    backslashes and control characters.
     """
     text = rawPath.decode("latin-1")
-    if "\\" in text or ";" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if "\\" in text or ";" in text or "#" in text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         # ";" starts path parameters that some servers (Tomcat, Spring) drop
-        # before routing: "/admin;x.css" would match a "\.css$" rule.
+        # before routing: "/admin;x.css" would match a "\.css$" rule.  A raw
+        # "#" starts a fragment for servers that split the target as a URL
+        # (Node, gunicorn): they route "/admin#/x.css" to "/admin".
         return None
     lowered = text.lower()
     if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
@@ -133,6 +136,7 @@ class Application:
     """
 
     log = Logger()
+    metrics: ProviderMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -250,6 +254,7 @@ class Application:
         return self._redirect(request, url)
 
     def _unavailable(self, request: Request) -> bytes:
+        self.metrics.loginFailure("unavailable")
         request.setHeader(b"retry-after", b"10")
         return renderPage(
             request,
@@ -274,6 +279,7 @@ class Application:
                 error=error[:100],
                 description=(_first(args, "error_description") or "")[:200],
             )
+            self.metrics.loginFailure("refused")
             status = 403 if error == "access_denied" else 400
             # Only an RFC 6749 error code is shown: free text from the URL on
             # the application's own origin would be a phishing aid.
@@ -283,12 +289,14 @@ class Application:
             )
         code = _first(args, "code")
         if not code:
+            self.metrics.loginFailure("invalid_state")
             return renderPage(request, 400, "Invalid login", "The login provider sent no authorization code.", restart)
         binding = self.loginCookie.unsign(request.getCookie(self.loginCookie.cookieName.encode("ascii")))
         try:
             pending = self.states.redeem(_first(args, "state"), binding)
         except InvalidState as e:
             self.log.info("{provider}: rejected login callback: {reason}", provider=self.config.name, reason=str(e))
+            self.metrics.loginFailure("invalid_state")
             return renderPage(request, 400, "Invalid login", "This login link is invalid or has expired.", restart)
         if not self.oidc.ready:
             return self._unavailable(request)
@@ -296,6 +304,7 @@ class Application:
         if issuer is not None and self.oidc.metadata is not None and issuer != self.oidc.metadata.issuer:
             # RFC 9207: the answer came from another provider (mix-up attack).
             self.log.warn("{provider}: callback from issuer {iss!r} refused", provider=self.config.name, iss=issuer)
+            self.metrics.loginFailure("provider_error")
             return renderPage(request, 400, "Invalid login", "The login answer came from another provider.", restart)
         finished = [False]
         request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
@@ -316,6 +325,7 @@ class Application:
                 provider=self.config.name,
                 user=session.claims.get("preferred_username") or session.sub,
             )
+            self.metrics.login()
             self._setCookie(request, self.config.cookieName, self.sessionCookie.sign(session.sessionId), int(lifetime))
             request.write(self._redirect(request, pending.redirect or self.base + "/"))
             request.finish()
@@ -326,6 +336,7 @@ class Application:
             self.log.warn(
                 "{provider}: login failed: {reason}", provider=self.config.name, reason=failure.getErrorMessage()
             )
+            self.metrics.loginFailure("token_invalid" if failure.check(TokenError) else "provider_error")
             if failure.check(TokenError):
                 body = renderPage(request, 400, "Login failed", "The login could not be verified.", restart)
             else:
@@ -358,6 +369,7 @@ class Application:
                 count=ended,
                 outpost=self.outpostName,
             )
+            self.metrics.signOut()
         self._setCookie(request, self.config.cookieName, "", 0)
         target = self.oidc.endSessionURL(idToken) or self.base + "/"
         return self._redirect(request, target)

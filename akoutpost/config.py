@@ -47,6 +47,7 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 MIN_MAX_HEADER_SIZE = 1024
 FIRST_OUTPOST_HTTP = "tcp:9000"
 FIRST_OUTPOST_HTTPS = "ssl:9443"
+FIRST_OUTPOST_METRICS = "tcp:9300"
 # Arguments of Twisted's ssl: endpoint that name key material: akoutpost
 # chooses certificates itself (per provider, by SNI).
 _TLS_ARGUMENTS = ("privatekey", "certkey", "extracertchain", "sslmethod", "dhparameters", "cacertsdir")
@@ -557,7 +558,9 @@ def _parseOutpost(
     table.unknownFields(_OUTPOST_FIELDS)
     name = table.string("name", default=key)
     endpoints: dict[str, str | None] = {}
-    defaults = {"http": FIRST_OUTPOST_HTTP, "https": FIRST_OUTPOST_HTTPS} if first else {}
+    defaults = (
+        {"http": FIRST_OUTPOST_HTTP, "https": FIRST_OUTPOST_HTTPS, "metrics": FIRST_OUTPOST_METRICS} if first else {}
+    )
     for field in ("http", "https", "metrics"):
         # An empty string turns a listener off, even the first outpost's default.
         description = table.string(field, defaults.get(field, ""))

@@ -5,7 +5,8 @@ C{twistd akoutpost --demo}: everything needed to see an outpost work, on
 
 A development OpenID provider with two demo users, an echo application that
 shows the headers it receives, and one outpost in proxy mode protecting it,
-all in one reactor.  The provider lives in L{akoutpost.testing} and is never
+all in one reactor.  The outpost's metrics are on the port after the echo
+application's.  The provider lives in L{akoutpost.testing} and is never
 started except here or by a test.
 """
 
@@ -37,6 +38,7 @@ def demoConfig(port: int, clientSecret: str) -> dict[str, Any]:
                 "name": "akoutpost demo outpost",
                 "http": f"tcp:{port}:interface=127.0.0.1",
                 "https": "",
+                "metrics": f"tcp:{port + 3}:interface=127.0.0.1",
                 "providers": [
                     {
                         "name": "demo",
@@ -95,7 +97,8 @@ akoutpost demo: open http://127.0.0.1:{self.port}/ in a browser and sign in as
 {users}
   The development OpenID provider runs on 127.0.0.1:{self.port + 1} and the echo
   application on 127.0.0.1:{self.port + 2}; /public/ is reachable without login,
-  /outpost.goauthentik.io/sign_out signs out. Not for production.
+  /outpost.goauthentik.io/sign_out signs out. Prometheus metrics are on
+  http://127.0.0.1:{self.port + 3}/metrics. Not for production.
 """
         )
         self.out.flush()

@@ -31,7 +31,9 @@ class ForwardedURL:
     """
     The URL a front proxy is about to forward, split once.
 
-    @ivar path: The raw (still percent-encoded) path.
+    @ivar path: The raw (still percent-encoded) path: everything between the
+        host and the first C{?}, a C{#} and what follows it included (servers
+        disagree about a C{#} in a request target).
     @ivar query: The raw query, without C{?}.
     """
 
@@ -98,10 +100,26 @@ def _split(url: str) -> ForwardedURL | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         return None
-    path = parts.path or "/"
-    if not path.startswith("/"):
+    # What follows the host is the request target the upstream gets, raw.
+    # It must start with a path: "https://app?/admin" (a Host of "app?") is
+    # a request for /admin, not for / with a query.
+    rest = url[len(parts.scheme) + 3 + len(parts.netloc) :]
+    if rest and not rest.startswith("/"):
         return None
-    return ForwardedURL(parts.scheme, parts.netloc.lower(), parts.hostname.lower(), port, path, parts.query)
+    path, _, query = (rest or "/").partition("?")
+    return ForwardedURL(parts.scheme, parts.netloc.lower(), parts.hostname.lower(), port, path, query)
+
+
+def _host(request: Request, name: bytes) -> str | None:
+    """
+    A host the front reports apart from the path, or L{None} when it is
+    missing or holds a character that would end a URL's host there: the
+    rest would be taken for the path ("app/public" + "/x").
+    """
+    host = _header(request, name)
+    if host is None or any(c in "/?#@\\" for c in host):
+        return None
+    return host
 
 
 def forwardedURL(kind: str, request: Request, trusted: bool, defaultScheme: str = "http") -> ForwardedURL | None:
@@ -113,7 +131,7 @@ def forwardedURL(kind: str, request: Request, trusted: bool, defaultScheme: str 
         target = request.uri.decode("latin-1")[len(ENVOY_PREFIX) :]
         if not target.startswith("/"):
             target = "/" + target
-        host = _header(request, b"host")
+        host = _host(request, b"host")
         proto = _scheme(_header(request, b"x-forwarded-proto")) if trusted else None
         if host is None:
             return None
@@ -125,12 +143,12 @@ def forwardedURL(kind: str, request: Request, trusted: bool, defaultScheme: str 
         if original is not None:
             return _split(original)
         uri = _header(request, b"x-original-uri")
-        host = _header(request, b"host")
+        host = _host(request, b"host")
         if uri is None or host is None or not uri.startswith("/"):
             return None
         return _split(f"{defaultScheme}://{host}{uri}")
     proto = _scheme(_header(request, b"x-forwarded-proto"))
-    host = _header(request, b"x-forwarded-host")
+    host = _host(request, b"x-forwarded-host")
     uri = _header(request, b"x-forwarded-uri")
     if proto is None or host is None or uri is None or not uri.startswith("/"):
         return None

@@ -47,7 +47,15 @@ IDENTITY_HEADERS = (
 _PROTECTED_PREFIXES = (b"x-authentik-",)
 # Underscore spellings of forwarding headers are dropped: some servers treat
 # them as the hyphenated header (CVE-2026-39858 in Traefik).
-_UNDERSCORE_ALIASES = (b"x-forwarded-", b"x-original-", b"x-real-ip", b"x-authentik-")
+_UNDERSCORE_ALIASES = (
+    b"x-forwarded-",
+    b"x-original-",
+    b"x-real-ip",
+    b"x-client-ip",
+    b"true-client-ip",
+    b"x-rewrite-url",
+    b"x-authentik-",
+)
 _TOKEN = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
 
 

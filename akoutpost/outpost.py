@@ -20,6 +20,7 @@ from akoutpost.config import OutpostConfig, ProviderConfig, hostKey
 from akoutpost.drain import Drain
 from akoutpost.forward import configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
+from akoutpost.metrics import OutpostMetrics, RequestTimer
 from akoutpost.oidc import OpenIDClient
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
@@ -90,6 +91,8 @@ class Outpost:
         self.clock = clock
         self.drain: Drain | None = None
         self.store = SessionStore(clock)
+        self.metrics = OutpostMetrics(config.name, config.key, clock, self.store.liveByProvider)
+        self.store.onEvict = self.metrics.evicted
         self.applications: dict[str, Application] = {}
         for provider in config.providers:
             client = OpenIDClient(
@@ -101,14 +104,20 @@ class Outpost:
                 label=f"outpost {config.key!r}, provider {provider.name!r}",
             )
             proxy = None
+            metrics = self.metrics.provider(provider.name, provider.externalHostKey, provider.mode == "proxy")
             if provider.mode == "proxy":
                 agent = _agentFor(upstreamAgent, provider)
                 proxy = UpstreamProxy(
-                    provider.internal_host, agent, clock, responseTimeout=provider.upstream_response_timeout
+                    provider.internal_host,
+                    agent,
+                    clock,
+                    responseTimeout=provider.upstream_response_timeout,
+                    metrics=metrics,
                 )
-            self.applications[provider.externalHostKey] = Application(
-                provider, config.name, self.store, client, clock, proxy, self.isTrusted
-            )
+            app = Application(provider, config.name, self.store, client, clock, proxy, self.isTrusted)
+            app.metrics = metrics
+            self.metrics.countSessions(provider.name, app.key)
+            self.applications[provider.externalHostKey] = app
 
         self._domains = [
             (app.config.cookie_domain, app)
@@ -214,14 +223,17 @@ class OutpostResource(Resource):
             self.outpost.drain.track(request)
         stripSpoofable(request.requestHeaders)
         path = request.uri.partition(b"?")[0]
+        timer = self.outpost.metrics.timeRequest(request, "ping" if path == _PING else "app")
         if path == _PING:
+            known = self.outpost.applicationFor(request)
+            timer.host = known.config.externalHostKey if known is not None else ""
             request.setResponseCode(204)
             return b""
         if not request.uri.startswith(b"/"):
             return renderPage(request, 400, "Bad Request", "The request target must be a path.")
         kind = endpointKind(path)
         if kind is not None:
-            answer = self._forwardAuth(kind, request)
+            answer = self._forwardAuth(kind, request, timer)
             if answer is not None:
                 return answer
         app = self.outpost.applicationFor(request)
@@ -234,6 +246,7 @@ class OutpostResource(Resource):
                 f"No provider of this outpost serves the host '{host}'. "
                 "Check the outpost settings and make sure it is an external host.",
             )
+        timer.host = app.config.externalHostKey
         return self._guarded(request, app.render, request)
 
     def _guarded(self, request: Request, handler: Callable[..., bytes | int], *args: object) -> bytes | int:
@@ -243,10 +256,13 @@ class OutpostResource(Resource):
             self.log.failure("error while handling {uri}", uri=request.uri.decode("latin-1")[:200])
             return renderPage(request, 500, "Internal Server Error", "The outpost could not handle this request.")
 
-    def _forwardAuth(self, kind: str, request: Request) -> bytes | int | None:
+    def _forwardAuth(self, kind: str, request: Request, timer: RequestTimer) -> bytes | int | None:
         """
         Answer a forward-auth check, or L{None} when the URL belongs to a
         proxy-mode provider (then the request is that provider's traffic).
+
+        @param timer: The request's metrics timer, labelled here with the
+            host of the provider that the checked URL belongs to.
         """
         trusted = self.outpost.isTrusted(request)
         forwarded = forwardedURL(kind, request, trusted)
@@ -268,4 +284,5 @@ class OutpostResource(Resource):
             )
         if app.config.mode == "proxy":
             return None
+        timer.host = app.config.externalHostKey
         return self._guarded(request, app.forwardAuth, request, kind, forwarded, trusted)

@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
+from akoutpost.metrics import ProviderMetrics
 from akoutpost.pages import renderPage
 from akoutpost.tunnel import tunnel
 
@@ -59,9 +60,10 @@ HOP_BY_HOP = frozenset(
 )
 
 #: Headers that describe the client or the original request: only a trusted
-#: front proxy may send them.
+#: front proxy may send them.  (X-Rewrite-URL is read as the request path by
+#: Zend Framework 1 and older Symfony, like X-Original-URL.)
 _FORWARDING_PREFIXES = (b"x-forwarded-", b"x-original-")
-_FORWARDING_NAMES = frozenset({b"x-real-ip", b"forwarded", b"x-client-ip", b"true-client-ip"})
+_FORWARDING_NAMES = frozenset({b"x-real-ip", b"forwarded", b"x-client-ip", b"true-client-ip", b"x-rewrite-url"})
 
 DEFAULT_RESPONSE_TIMEOUT = 60.0
 
@@ -206,6 +208,7 @@ class UpstreamProxy(ReverseProxyResource):
         clock: IReactorTime,
         responseTimeout: float = DEFAULT_RESPONSE_TIMEOUT,
         cooperator: Any = task,
+        metrics: ProviderMetrics | None = None,
     ) -> None:
         parts = urlsplit(origin)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -215,6 +218,7 @@ class UpstreamProxy(ReverseProxyResource):
         self.clock = clock
         self.responseTimeout = responseTimeout
         self.cooperator = cooperator
+        self.metrics = metrics
 
     def getChild(self, path: bytes, request: Request) -> UpstreamProxy:
         return self
@@ -260,6 +264,8 @@ class UpstreamProxy(ReverseProxyResource):
             d.cancel()
 
         request.notifyFinish().addErrback(lost)
+        if self.metrics is not None:
+            self.metrics.watchUpstream(d, request, origin or self.origin, clientGone)
         d.addCallback(self._gotResponse, request, clientGone)
         d.addErrback(self._failed, request, target, clientGone, showErrors)
         return NOT_DONE_YET

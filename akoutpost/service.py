@@ -2,7 +2,8 @@
 """
 The service tree twistd runs: one root L{MultiService} holding the shared HTTP
 connection pool and one L{OutpostService} per configured outpost, each with
-its own listeners, its providers' OpenID clients and its session sweeper.
+its own listeners (the metrics one included), its providers' OpenID clients
+and its session sweeper.
 """
 
 from __future__ import annotations
@@ -20,22 +21,39 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.http import Request
 from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
 from akoutpost.drain import Drain
+from akoutpost.metrics import MetricsResource
 from akoutpost.outpost import Outpost
 from akoutpost.proxy import UpstreamClientFactory
+from akoutpost.server import OutpostSite
 from akoutpost.tls import CertificateError, CertificateStore, upstreamPolicy
 
 SWEEP_INTERVAL = 60.0
+#: The largest request body the metrics listener accepts (it wants none).
+METRICS_BODY_LIMIT = 1024
+
+
+class MetricsSite(OutpostSite):
+    """
+    The site of a metrics listener: held to the outpost's client limits, and
+    writing no access log line for every scrape.
+    """
+
+    def log(self, request: Request) -> None:
+        pass
 
 
 class OutpostService(MultiService):
     """
     One outpost: its listeners, its OpenID clients and its session sweeper.
 
+    @ivar listeners: The HTTP and HTTPS listeners.
+    @ivar metricsListener: The metrics listener, if the outpost has one.
     @ivar certificates: The HTTPS listener's certificates, if it has one.
     """
 
@@ -56,6 +74,7 @@ class OutpostService(MultiService):
         self._sweeper: LoopingCall | None = None
         self.listeners: list[StreamServerEndpointService] = []
         self.httpsListener: StreamServerEndpointService | None = None
+        self.metricsListener: StreamServerEndpointService | None = None
         self.certificates: CertificateStore | None = None
         site = self.outpost.site()
         if config.http:
@@ -67,6 +86,18 @@ class OutpostService(MultiService):
                 raise ConfigError([str(e)]) from None
             endpoint = wrapServerTLS(self.certificates.serverCreator(), serverFromString(reactor, config.https))
             self.httpsListener = self._listen(endpoint, site)
+        if config.metrics:
+            metricsSite = MetricsSite(
+                MetricsResource(self.outpost.metrics),
+                bodyLimit=lambda request: METRICS_BODY_LIMIT,
+                headerTimeout=config.header_timeout,
+                maxHeaderSize=config.max_header_size,
+                idleTimeout=config.idle_timeout,
+                reactor=reactor,
+            )
+            self.metricsListener = StreamServerEndpointService(serverFromString(reactor, config.metrics), metricsSite)
+            self.metricsListener._raiseSynchronously = True
+            self.metricsListener.setServiceParent(self)
 
     def _listen(self, endpoint: IStreamServerEndpoint, site: Site) -> StreamServerEndpointService:
         listener = StreamServerEndpointService(endpoint, site)
@@ -76,12 +107,6 @@ class OutpostService(MultiService):
         return listener
 
     def startService(self) -> None:
-        if self.config.metrics:
-            self.log.warn(
-                "outpost {outpost}: metrics listener {desc} is not served by this version",
-                outpost=self.config.key,
-                desc=self.config.metrics,
-            )
         if self.certificates is not None:
             for problem in self.certificates.problems():
                 self.log.warn("{problem}", problem=problem)
@@ -91,6 +116,7 @@ class OutpostService(MultiService):
                     outpost=self.config.key,
                 )
         super().startService()
+        self.outpost.metrics.started()
         for client in self.outpost.oidcClients:
             client.start()
         self._sweeper = LoopingCall(self._sweep)
@@ -101,7 +127,15 @@ class OutpostService(MultiService):
             outpost=self.config.key,
             name=self.config.name,
             count=len(self.config.providers),
-            listen=", ".join(d for d in (self.config.http, self.config.https and f"{self.config.https} (TLS)") if d),
+            listen=", ".join(
+                d
+                for d in (
+                    self.config.http,
+                    self.config.https and f"{self.config.https} (TLS)",
+                    self.config.metrics and f"{self.config.metrics} (metrics)",
+                )
+                if d
+            ),
         )
 
     def _sweep(self) -> None:
@@ -114,6 +148,7 @@ class OutpostService(MultiService):
             self._sweeper.stop()
         for client in self.outpost.oidcClients:
             client.stop()
+        self.outpost.metrics.stopped()
         return super().stopService()
 
 

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,12 +78,15 @@ class SessionStore:
         periodic sweep so that memory is returned without waiting for the user.
     @ivar maxSessions: A bound on the store.  When it is reached, the session
         closest to expiry is dropped to make room, so logins never fail.
+    @ivar onEvict: Called with each session dropped to make room (the
+        outpost counts them in its metrics).
     """
 
     clock: IReactorTime
     maxSessions: int = 100_000
     _sessions: dict[str, Session] = field(default_factory=dict)
     _byUser: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    onEvict: Callable[[Session], object] | None = None
 
     log = Logger()
 
@@ -103,6 +106,8 @@ class SessionStore:
         if len(self._sessions) >= self.maxSessions:
             oldest = min(self._sessions.values(), key=lambda s: s.expires)
             self._remove(oldest.sessionId)
+            if self.onEvict is not None:
+                self.onEvict(oldest)
         now = self.clock.seconds()
         session = Session(
             sessionId=_b64(secrets.token_bytes(_ID_BYTES)),
@@ -158,6 +163,18 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def liveByProvider(self) -> dict[str, int]:
+        """
+        How many sessions of each provider (by key) have not expired yet, in
+        one pass and without removing any.
+        """
+        now = self.clock.seconds()
+        counts: dict[str, int] = {}
+        for session in self._sessions.values():
+            if session.expires > now:
+                counts[session.providerKey] = counts.get(session.providerKey, 0) + 1
+        return counts
 
     def _remove(self, sessionId: str) -> None:
         session = self._sessions.pop(sessionId, None)

@@ -24,7 +24,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The TOML config file describing the outposts."],
-        ["demo-port", None, 9000, "Port of the demo outpost (the demo provider and app use the next two).", int],
+        ["demo-port", None, 9000, "Demo outpost port (provider, app and metrics on the next three).", int],
     ]
     optFlags = [["demo", None, "Run a demo: a development OpenID provider, an echo app and an outpost."]]
 

@@ -30,7 +30,12 @@ def providerConfig(**overrides: Any) -> ProviderConfig:
 def config(outposts: dict[str, list[dict[str, Any]]], **outpostFields: Any) -> Config:
     data: dict[str, Any] = {"outposts": {}}
     for key, providers in outposts.items():
-        table: dict[str, Any] = {"providers": providers, "http": "tcp:0:interface=127.0.0.1", "https": ""}
+        table: dict[str, Any] = {
+            "providers": providers,
+            "http": "tcp:0:interface=127.0.0.1",
+            "https": "",
+            "metrics": "",
+        }
         table.update(outpostFields)
         data["outposts"][key] = table
     return parseConfig(data)

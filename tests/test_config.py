@@ -116,7 +116,7 @@ class ValidConfigTests(_ProblemAssertions):
         self.assertEqual(outpost.name, "main")
         self.assertEqual(outpost.http, "tcp:9000")
         self.assertEqual(outpost.https, "tcp:9443")
-        self.assertIsNone(outpost.metrics)
+        self.assertEqual(outpost.metrics, "tcp:9300")
         self.assertEqual(
             [str(n) for n in outpost.trusted_proxies],
             ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fe80::/10", "::1/128"],
@@ -636,6 +636,23 @@ class ProblemTests(_ProblemAssertions):
             config(trusted_proxies=["nope"]),
             "outpost 'main', field 'trusted_proxies': 'nope' is not a network",
         )
+
+    def test_metricsListenerDefaults(self) -> None:
+        """
+        Only the first outpost has a metrics listener by default (authentik's
+        9300); C{""} turns it off, and a later outpost cannot take its port.
+        """
+        data = {
+            "outposts": {
+                "a": {"providers": [provider()]},
+                "b": {"http": "tcp:9100", "providers": [provider(external_host="https://b.example")]},
+            }
+        }
+        self.assertEqual([o.metrics for o in parseConfig(data).outposts], ["tcp:9300", None])
+        [outpost] = parseConfig(config(metrics="")).outposts
+        self.assertIsNone(outpost.metrics)
+        data["outposts"]["b"]["metrics"] = "tcp:9300"
+        self.assertProblem(data, "outpost 'b', field 'metrics': port 9300 is also used by outpost 'a', field 'metrics'")
 
     def test_laterOutpostsMustNameAListener(self) -> None:
         data = {"outposts": {"a": {"providers": [provider()]}, "b": {"metrics": "tcp:9301", "providers": [provider()]}}}

@@ -260,9 +260,10 @@ class TwistdTests(TestCase):
     async def test_demo(self) -> None:
         """
         The demo answers its ping and sends browsers to the login start,
-        prints how to use it, and stops cleanly on SIGTERM.
+        serves its metrics on the fourth port, prints how to use it, and
+        stops cleanly on SIGTERM.
         """
-        port = freePorts(3)
+        port = freePorts(4)
         process = self.twistd("--demo", f"--demo-port={port}")
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
@@ -297,6 +298,12 @@ class TwistdTests(TestCase):
         output = process.out.decode("utf-8", "replace")
         self.assertIn(base + "/", output)
         self.assertIn("akadmin", output)
+        metrics = f"http://127.0.0.1:{port + 3}/metrics"
+        self.assertIn(metrics, output)
+        response = await agent.request(b"GET", metrics.encode("ascii")).addTimeout(10, reactor)
+        body = await readBody(response).addTimeout(10, reactor)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'akoutpost_logins_total{outpost_name="akoutpost demo outpost",provider="demo"} 0.0', body)
 
         await pool.closeCachedConnections()
         os.kill(process.transport.pid, signal.SIGTERM)  # type: ignore[union-attr]

@@ -75,18 +75,27 @@ class OutpostStack:
         clients: dict[str, tuple[str, str]],
         skip: str = "^/public/",
         waitForDiscovery: bool = True,
+        metrics: str = "",
     ) -> None:
         """
         Start both outposts against C{issuer} and wait until every provider
         has been discovered.
 
         @param clients: provider name to C{(client_id, client_secret)}.
+        @param metrics: The C{main} outpost's metrics listener (none by
+            default; C{other} never has one).
         """
         echo = f"http://127.0.0.1:{self.echo.getHost().port}"
         outposts: dict[str, Any] = {}
         for name, outpost in PROVIDERS.items():
             table = outposts.setdefault(
-                outpost, {"http": f"tcp:{self.ports[outpost]}:interface=127.0.0.1", "https": "", "providers": []}
+                outpost,
+                {
+                    "http": f"tcp:{self.ports[outpost]}:interface=127.0.0.1",
+                    "https": "",
+                    "metrics": metrics if outpost == "main" else "",
+                    "providers": [],
+                },
             )
             clientId, clientSecret = clients[name]
             table["providers"].append(

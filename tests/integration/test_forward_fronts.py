@@ -112,6 +112,7 @@ class _FrontWalk:
                     "front": {
                         "http": f"tcp:{outpostPort}:interface=127.0.0.1",
                         "https": "",
+                        "metrics": "",
                         "providers": [
                             {
                                 "name": f"front-{mode}",

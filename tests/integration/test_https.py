@@ -267,6 +267,7 @@ class HTTPSCase(TestCase):
         table: dict[str, Any] = {
             "http": "tcp:0:interface=127.0.0.1",
             "https": f"ssl:{self.httpsPort}:interface=127.0.0.1",
+            "metrics": "",
             "providers": providers,
         }
         table.update(outpostFields)

@@ -27,6 +27,7 @@ CONFIG = """
 [outposts.main]
 http = "tcp:{port}:interface=127.0.0.1"
 https = ""
+metrics = ""
 
 [[outposts.main.providers]]
 name = "app"
