@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from twisted.internet import reactor as _globalReactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from akoutpost.config import parseConfig
 from akoutpost.service import AkOutpostService
+from akoutpost.testing import ClientRegistration, DevelopmentProvider
 
 from ._browser import Browser, Page, submitLogin
 from ._upstream import UpstreamApplication
@@ -29,6 +32,9 @@ reactor: Any = _globalReactor
 PROVIDERS = {"a": "main", "b": "main", "c": "other"}
 HOSTS = {f"{name}.test": "127.0.0.1" for name in PROVIDERS}
 JSON = {"Accept": "application/json"}
+#: Provider name to the C{(client_id, client_secret)} that
+#: L{startDevelopmentProvider} registers for it.
+CLIENTS = {name: (f"client-{name}", f"secret-{name}") for name in PROVIDERS}
 
 
 def freePort() -> int:
@@ -44,15 +50,78 @@ def redirectUri(externalHost: str) -> str:
     return f"{externalHost}/outpost.goauthentik.io/callback?X-authentik-auth-callback=true"
 
 
-def echoed(page: Page) -> dict[str, list[str]]:
+class _HasBody(Protocol):
+    @property
+    def body(self) -> bytes: ...
+
+
+def echoed(page: _HasBody) -> dict[str, list[str]]:
     """
     The headers the echo upstream received, by lower-case name.
+
+    @param page: a browser L{Page} or a raw response, anything with the echo
+        application's JSON document as its C{body}.
     """
     document: Any = json.loads(page.body)
     headers: dict[str, list[str]] = {}
     for name, value in document["headers"]:
         headers.setdefault(name.lower(), []).append(value)
     return headers
+
+
+def listeningPort(listener: Any, timeout: float) -> Deferred[int]:
+    """
+    The port a L{StreamServerEndpointService} listens on, without taking the
+    port object away from its own C{stopService}.
+    """
+    d: Deferred[int] = Deferred()
+
+    def got(port: Any) -> Any:
+        d.callback(port.getHost().port)
+        return port
+
+    listener._waitingForPort.addCallback(got)
+    return d.addTimeout(timeout, reactor)
+
+
+def startDevelopmentProvider(
+    testCase: TestCase,
+    externals: Mapping[str, str],
+    path: str = "shared",
+    signing: Mapping[str, str] | None = None,
+) -> tuple[DevelopmentProvider, str]:
+    """
+    Serve the development OpenID provider on a loopback port until
+    C{testCase} ends.
+
+    @param externals: provider name to its external host; each is
+        registered as C{client-<name>} with secret C{secret-<name>} and the
+        outpost callback on that host as its redirect URI.
+    @param path: the application slug in the issuer,
+        C{/application/o/<path>/}.
+    @param signing: provider name to its ID token algorithm (C{"HS256"}),
+        for those not signed with C{RS256}.
+    @return: the provider and its issuer URL.
+    """
+    site = Site(Resource())
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    testCase.addCleanup(port.stopListening)
+    issuer = f"http://127.0.0.1:{port.getHost().port}/application/o/{path}/"
+    provider = DevelopmentProvider(
+        issuer,
+        [
+            ClientRegistration(
+                f"client-{name}",
+                f"secret-{name}",
+                (redirectUri(external),),
+                signing=(signing or {}).get(name, "RS256"),
+            )
+            for name, external in externals.items()
+        ],
+        reactor,
+    )
+    site.resource = provider.resource()
+    return provider, issuer
 
 
 class OutpostStack:

@@ -23,7 +23,7 @@ from akoutpost.service import AkOutpostService
 
 from ._browser import Browser, Page, submitLogin
 from ._npmprovider import npmProviderAvailable, startNpmProvider
-from ._stack import freePort, reactor, redirectUri
+from ._stack import echoed, freePort, reactor, redirectUri
 from ._upstream import MiB, UpstreamApplication, patternDigest, websocketEcho
 from .fronts import FrontSetup, caddy, envoy, nginx, traefik
 
@@ -42,14 +42,6 @@ JSON = {"Accept": "application/json"}
 SINGLE_HOSTS = ("app.test",)
 DOMAIN_HOSTS = ("one.apps.test", "two.apps.test")
 AUTH_HOST = "auth.apps.test"
-
-
-def received(page: Page) -> dict[str, list[str]]:
-    document: Any = json.loads(page.body)
-    headers: dict[str, list[str]] = {}
-    for name, value in document["headers"]:
-        headers.setdefault(name.lower(), []).append(value)
-    return headers
 
 
 class _FrontWalk:
@@ -169,7 +161,7 @@ class _FrontWalk:
         # Anonymous, allowed path: reaches the application, spoofed identity removed.
         page = await self.browser.request("GET", self.url(first, "/public/x"), headers={**JSON, **SPOOF})
         case.assertEqual(page.code, 200, page.text)
-        case.assertFalse([v for k, v in received(page).items() if k.startswith("x-authentik-") and any(v)])
+        case.assertFalse([v for k, v in echoed(page).items() if k.startswith("x-authentik-") and any(v)])
 
         # Anonymous, protected: login round trip back to the exact URL.
         page = await self.login(target)
@@ -179,7 +171,7 @@ class _FrontWalk:
         # Identity headers and additionalHeaders arrive; client copies do not.
         page = await self.browser.request("GET", target, headers={**JSON, **SPOOF})
         case.assertEqual(page.code, 200, page.text)
-        headers = received(page)
+        headers = echoed(page)
         case.assertEqual(headers.get("x-authentik-username"), ["dana"])
         case.assertEqual(headers.get("x-authentik-groups"), ["staff|ops"])
         case.assertEqual(headers.get("x-authentik-uid"), ["sub-dana-0001"])
@@ -205,7 +197,7 @@ class _FrontWalk:
             # One login covers the other application under the cookie domain.
             page = await self.browser.request("GET", self.url(self.appHosts[1], "/other"), headers=JSON)
             case.assertEqual(page.code, 200, page.text)
-            case.assertEqual(received(page).get("x-authentik-username"), ["dana"])
+            case.assertEqual(echoed(page).get("x-authentik-username"), ["dana"])
 
         # Sign-out ends the session everywhere.
         signOutHost = AUTH_HOST if mode == "domain" else first

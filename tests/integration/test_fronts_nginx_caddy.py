@@ -29,7 +29,7 @@ from twisted.web.server import Request, Site
 from akoutpost.testing import EchoApplication
 
 from ._browser import Browser, Page
-from ._stack import freePort
+from ._stack import echoed, freePort
 from .fronts import FrontSetup, caddy, nginx
 from .fronts.nginx import IDENTITY_HEADERS, FrontProcess, FrontStartError
 
@@ -206,17 +206,6 @@ class StubOutpost(Resource):
         return [seen for seen in self.seen if seen.path == path]
 
 
-def received(page: Page) -> dict[str, list[str]]:
-    """
-    The headers the echo application received, by lower-case name.
-    """
-    document: Any = json.loads(page.body)
-    headers: dict[str, list[str]] = {}
-    for name, value in document["headers"]:
-        headers.setdefault(name.lower(), []).append(value)
-    return headers
-
-
 def _identityHeaders(headers: dict[str, list[str]]) -> dict[str, list[str]]:
     return {name: values for name, values in headers.items() if re.match(r"x[-_]authentik", name)}
 
@@ -313,7 +302,7 @@ class _HarnessTests:
         case.assertEqual(start.path, "/outpost.goauthentik.io/start")
         case.assertEqual([s.header("Host") for s in self.stub.requestsTo(start.path)], [start.netloc])
 
-        headers = received(page)
+        headers = echoed(page)
         for name in IDENTITY_HEADERS:
             expected = [ALICE[name]] if ALICE[name] else [[], [""]]
             if ALICE[name]:
@@ -349,7 +338,7 @@ class _HarnessTests:
             "GET", self.url(self.appHosts[0], "/x"), headers={**JSON, **SPOOF, "X-Interop": "forged"}
         )
         case.assertEqual(page.code, 200, page.text)
-        headers = received(page)
+        headers = echoed(page)
         identity = _identityHeaders(headers)
         case.assertEqual(identity.get("x-authentik-username"), ["alice"])
         case.assertEqual(identity.get("x-authentik-groups"), [ALICE["groups"]])
@@ -400,7 +389,7 @@ class _HarnessTests:
         )
         case.assertEqual(page.code, 200, page.text)
         case.assertEqual(json.loads(page.body)["uri"], "/public/x?y=1")
-        headers = received(page)
+        headers = echoed(page)
         identity = _identityHeaders(headers)
         case.assertFalse({name: values for name, values in identity.items() if any(values)}, identity)
         case.assertIn(headers.get("x-interop", []), [[], [""]])
@@ -477,8 +466,8 @@ class _DomainTests(_HarnessTests):
         await self.signIn(self.url(self.appHosts[0], "/"))
         page = await self.browser.request("GET", self.url(self.appHosts[1], "/other?z=1"), headers=JSON)
         case.assertEqual(page.code, 200, page.text)
-        case.assertEqual(received(page).get("x-authentik-username"), ["alice"], self.diagnostics(page))
-        case.assertEqual(received(page).get("host"), [f"{self.appHosts[1]}:{self.listenPort}"])
+        case.assertEqual(echoed(page).get("x-authentik-username"), ["alice"], self.diagnostics(page))
+        case.assertEqual(echoed(page).get("host"), [f"{self.appHosts[1]}:{self.listenPort}"])
 
     async def test_authHostIsTheOutpost(self) -> None:
         """

@@ -29,17 +29,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
-from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from akoutpost.config import parseConfig
 from akoutpost.service import AkOutpostService
-from akoutpost.testing import DEMO_USERS, ClientRegistration, DevelopmentProvider, EchoApplication
+from akoutpost.testing import DEMO_USERS, EchoApplication
 
 from .._certs import CertificateAuthority, Issued, sanNames
 from ._browser import Browser, Page, submitLogin
-from ._stack import echoed, freePort, reactor, redirectUri
+from ._stack import echoed, freePort, listeningPort, reactor, startDevelopmentProvider
 
 HOSTS = {name: "127.0.0.1" for name in ("a.test", "b.test", "unknown.test")}
 JSON = {"Accept": "application/json"}
@@ -215,21 +214,6 @@ async def openssl(*arguments: str) -> tuple[int, str]:
     return code, collect.output.decode("utf-8", "replace")
 
 
-def listeningPort(listener: Any) -> Deferred[int]:
-    """
-    The port a L{StreamServerEndpointService} listens on, without taking the
-    port object away from its own C{stopService}.
-    """
-    d: Deferred[int] = Deferred()
-
-    def got(port: Any) -> Any:
-        d.callback(port.getHost().port)
-        return port
-
-    listener._waitingForPort.addCallback(got)
-    return d.addTimeout(WAIT, reactor)
-
-
 def providerTable(name: str, externalHost: str, issuer: str, **fields: Any) -> dict[str, Any]:
     table: dict[str, Any] = {
         "name": f"provider-{name}",
@@ -277,7 +261,7 @@ class HTTPSCase(TestCase):
         self.addCleanup(lambda: self.service.stopService() if self.service.running else None)
         listener = self.service.outposts["main"].httpsListener
         assert listener is not None
-        self.assertEqual(await listeningPort(listener), self.httpsPort)
+        self.assertEqual(await listeningPort(listener, WAIT), self.httpsPort)
         return self.service
 
     def browser(self, *trusted: x509.Certificate) -> Browser:
@@ -388,7 +372,7 @@ class SNITests(HTTPSCase):
         [plain] = [
             s for s in self.service.outposts["main"].listeners if s is not self.service.outposts["main"].httpsListener
         ]
-        port = await listeningPort(plain)
+        port = await listeningPort(plain, WAIT)
         client = await connectRaw(port, None)
         response = await client.request(pingRequest(f"a.test:{self.httpsPort}"))
         self.assertTrue(response.startswith(b"HTTP/1.1 204 "), response)
@@ -403,17 +387,8 @@ class LoginOverHTTPSTests(HTTPSCase):
         reached over HTTPS, ending at the echo upstream; the session cookie
         is C{Secure}, and the upstream hears C{X-Forwarded-Proto: https}.
         """
-        site = Site(Resource())
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        issuer = f"http://127.0.0.1:{port.getHost().port}/application/o/shared/"
         external = f"https://a.test:{self.httpsPort}"
-        provider = DevelopmentProvider(
-            issuer,
-            [ClientRegistration("client-a", "secret-a", (redirectUri(external),))],
-            reactor,
-        )
-        site.resource = provider.resource()
+        _, issuer = startDevelopmentProvider(self, {"a": external})
         a = self.ca.issue(["a.test"])
         service = await self.start(
             [providerTable("a", external, issuer, internal_host=self.echoURL, certificate=a.path)]

@@ -8,36 +8,16 @@ checked.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from akoutpost.testing import DEMO_USERS, ClientRegistration, DevelopmentProvider
+from akoutpost.testing import DEMO_USERS
 from tests.test_metrics import FAMILIES, Scrape
 
-from ._stack import PROVIDERS, OutpostStack, freePort, reactor, redirectUri
+from ._stack import CLIENTS, OutpostStack, freePort, listeningPort, reactor, startDevelopmentProvider
 
 WAIT = 20.0
-
-
-def listeningPort(listener: Any) -> Deferred[int]:
-    """
-    The port a L{StreamServerEndpointService} listens on, without taking the
-    port object away from its own C{stopService}.
-    """
-    d: Deferred[int] = Deferred()
-
-    def got(port: Any) -> Any:
-        d.callback(port.getHost().port)
-        return port
-
-    listener._waitingForPort.addCallback(got)
-    return d.addTimeout(WAIT, reactor)
 
 
 class MetricsOverHTTPTests(TestCase):
@@ -45,28 +25,12 @@ class MetricsOverHTTPTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.stack = OutpostStack(self)
-        site = Site(Resource())
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        issuer = f"http://127.0.0.1:{port.getHost().port}/application/o/shared/"
-        self.provider = DevelopmentProvider(
-            issuer,
-            [
-                ClientRegistration(f"client-{name}", f"secret-{name}", (redirectUri(self.stack.external[name]),))
-                for name in PROVIDERS
-            ],
-            reactor,
-        )
-        site.resource = self.provider.resource()
-        await self.stack.start(
-            issuer,
-            {name: (f"client-{name}", f"secret-{name}") for name in PROVIDERS},
-            metrics="tcp:0:interface=127.0.0.1",
-        )
+        self.provider, issuer = startDevelopmentProvider(self, self.stack.external)
+        await self.stack.start(issuer, CLIENTS, metrics="tcp:0:interface=127.0.0.1")
         main = self.stack.service.outposts["main"]
         self.assertIsNone(self.stack.service.outposts["other"].metricsListener)
         assert main.metricsListener is not None
-        self.metricsPort = await listeningPort(main.metricsListener)
+        self.metricsPort = await listeningPort(main.metricsListener, WAIT)
         self.agent = Agent(reactor)
 
     async def get(self, path: str, method: bytes = b"GET") -> tuple[int, list[bytes], bytes]:

@@ -6,12 +6,10 @@ upstream, over real sockets on 127.0.0.1 in one reactor.
 from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from akoutpost.testing import DEMO_USERS, ClientRegistration, DevelopmentProvider
+from akoutpost.testing import DEMO_USERS
 
-from ._stack import PROVIDERS, OutpostStack, echoed, freePort, reactor, redirectUri
+from ._stack import CLIENTS, PROVIDERS, OutpostStack, echoed, freePort, startDevelopmentProvider
 
 
 class OutpostWalkTests(TestCase):
@@ -19,25 +17,8 @@ class OutpostWalkTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.stack = OutpostStack(self)
-        site = Site(Resource())
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        issuer = f"http://127.0.0.1:{port.getHost().port}/application/o/shared/"
-        self.provider = DevelopmentProvider(
-            issuer,
-            [
-                ClientRegistration(
-                    f"client-{name}",
-                    f"secret-{name}",
-                    (redirectUri(self.stack.external[name]),),
-                    signing="HS256" if name == "b" else "RS256",
-                )
-                for name in PROVIDERS
-            ],
-            reactor,
-        )
-        site.resource = self.provider.resource()
-        await self.stack.start(issuer, {name: (f"client-{name}", f"secret-{name}") for name in PROVIDERS})
+        self.provider, issuer = startDevelopmentProvider(self, self.stack.external, signing={"b": "HS256"})
+        await self.stack.start(issuer, CLIENTS)
 
     async def test_loginHeadersSignOut(self) -> None:
         admin = DEMO_USERS[0]
@@ -95,8 +76,7 @@ class ProviderDownTests(TestCase):
     async def test_pingWorksLoginAnswers503(self) -> None:
         stack = OutpostStack(self)
         issuer = f"http://127.0.0.1:{freePort()}/application/o/down/"
-        clients = {name: (f"client-{name}", f"secret-{name}") for name in PROVIDERS}
-        await stack.start(issuer, clients, waitForDiscovery=False)
+        await stack.start(issuer, CLIENTS, waitForDiscovery=False)
         page = await stack.browser.request("GET", stack.external["a"] + "/outpost.goauthentik.io/ping")
         self.assertEqual(page.code, 204)
         page = await stack.browser.request("GET", stack.external["a"] + "/outpost.goauthentik.io/start")

@@ -11,24 +11,22 @@ mode; these tests show the same on the wire.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from akoutpost.config import parseConfig
 from akoutpost.headers import IDENTITY_HEADERS
 from akoutpost.service import AkOutpostService
-from akoutpost.testing import DEMO_USERS, ClientRegistration, DevelopmentProvider, EchoApplication
+from akoutpost.testing import DEMO_USERS, EchoApplication
 
 from ._browser import Browser, submitLogin
 from ._rawhttp import RawResponse, connect, exchange, request
-from ._stack import freePort, reactor, redirectUri
+from ._stack import echoed, freePort, reactor, startDevelopmentProvider
 
 ADMIN = DEMO_USERS[0]
 IDENTITY = frozenset(name.lower() for name in IDENTITY_HEADERS)
@@ -58,17 +56,6 @@ RAW_SPELLINGS: list[tuple[bytes, bool]] = [
 ]
 
 
-def echoedHeaders(response: RawResponse) -> dict[str, list[str]]:
-    """
-    The headers the echo upstream received, by lower-case name.
-    """
-    document: Any = json.loads(response.body)
-    headers: dict[str, list[str]] = {}
-    for name, value in document["headers"]:
-        headers.setdefault(name.lower(), []).append(value)
-    return headers
-
-
 def spelledIdentity(names: list[str]) -> list[str]:
     return [n for n in names if n.lower().replace("_", "-").startswith("x-authentik-")]
 
@@ -77,27 +64,17 @@ class RawSecurityTests(TestCase):
     timeout = 120
 
     async def setUp(self) -> None:  # type: ignore[override]
-        site = Site(Resource())
-        idpPort = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(idpPort.stopListening)
-        echo = reactor.listenTCP(0, Site(EchoApplication()), interface="127.0.0.1")
-        self.addCleanup(echo.stopListening)
         self.port = freePort()
-        issuer = f"http://127.0.0.1:{idpPort.getHost().port}/application/o/security/"
         self.hosts = {
             "proxy": f"a.test:{self.port}",
             "single": f"app.test:{self.port}",
             "domain": f"auth.apps.test:{self.port}",
         }
-        self.idp = DevelopmentProvider(
-            issuer,
-            [
-                ClientRegistration(f"client-{name}", f"secret-{name}", (redirectUri(f"http://{host}"),))
-                for name, host in self.hosts.items()
-            ],
-            reactor,
+        self.idp, issuer = startDevelopmentProvider(
+            self, {name: f"http://{host}" for name, host in self.hosts.items()}, path="security"
         )
-        site.resource = self.idp.resource()
+        echo = reactor.listenTCP(0, Site(EchoApplication()), interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
         common = {"issuer": issuer, "skip_path_regex": "^/public/\n\\.css$"}
         providers = [
             {"name": "proxy", "internal_host": f"http://127.0.0.1:{echo.getHost().port}"},
@@ -197,7 +174,7 @@ class RawSecurityTests(TestCase):
                     self.assertEqual(response.status, 400, lines)
                     continue
                 self.assertEqual(response.status, 200, (lines, path))
-                headers = echoedHeaders(response)
+                headers = echoed(response)
                 names = spelledIdentity(list(headers))
                 if session:
                     self.assertEqual(headers["x-authentik-username"], [ADMIN.username], lines)

@@ -6,12 +6,10 @@ anonymous ones, over real sockets on 127.0.0.1.
 from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from akoutpost.testing import DEMO_USERS, ClientRegistration, DevelopmentProvider
+from akoutpost.testing import DEMO_USERS
 
-from ._stack import PROVIDERS, OutpostStack, reactor, redirectUri
+from ._stack import CLIENTS, OutpostStack, reactor, startDevelopmentProvider
 from ._upstream import MiB, patternDigest, websocketEcho
 
 
@@ -20,22 +18,8 @@ class WebsocketTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.stack = OutpostStack(self)
-        site = Site(Resource())
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        issuer = f"http://127.0.0.1:{port.getHost().port}/application/o/ws/"
-        provider = DevelopmentProvider(
-            issuer,
-            [
-                ClientRegistration(f"client-{name}", f"secret-{name}", (redirectUri(self.stack.external[name]),))
-                for name in PROVIDERS
-            ],
-            reactor,
-        )
-        site.resource = provider.resource()
-        await self.stack.start(
-            issuer, {name: (f"client-{name}", f"secret-{name}") for name in PROVIDERS}, skip="^/public/"
-        )
+        _, issuer = startDevelopmentProvider(self, self.stack.external, path="ws")
+        await self.stack.start(issuer, CLIENTS, skip="^/public/")
         self.port = self.stack.ports["main"]
         self.host = f"a.test:{self.port}"
 
