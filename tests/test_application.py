@@ -90,7 +90,9 @@ class World:
     C{other} with provider C{c}; one development provider for all three.
     """
 
-    def __init__(self, testCase: SynchronousTestCase, users: tuple[DemoUser, ...] = DEMO_USERS) -> None:
+    def __init__(
+        self, testCase: SynchronousTestCase, users: tuple[DemoUser, ...] = DEMO_USERS, **providerA: Any
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
         hosts = {"a": "https://a.example.com", "b": "https://b.example.com", "c": "https://c.example.com"}
@@ -122,7 +124,10 @@ class World:
 
         self.config = config(
             {
-                "main": [table("a", skip_path_regex="^/public/\n\n", access_token_validity=600), table("b")],
+                "main": [
+                    table("a", skip_path_regex="^/public/\n\n", access_token_validity=600, **providerA),
+                    table("b"),
+                ],
                 "other": [table("c")],
             }
         )
@@ -463,6 +468,30 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(uri, b"https://other-backend.internal:8443/p?q")
         self.assertEqual(headers.getRawHeaders(b"host"), [b"internal.example"])
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-host"), [b"a.example.com"])
+
+    def test_basicAuthToUpstream(self) -> None:
+        """
+        With basic_auth_enabled, the upstream gets Authorization: Basic built
+        from the user's attributes, replacing whatever the client sent.
+        """
+        user = DemoUser(
+            "svc", "svc-pw", "sub-svc", "Service", "svc@example.com", attributes={"login": "svc", "secret": "s3cr:t"}
+        )
+        world = World(
+            self,
+            users=(user,),
+            basic_auth_enabled=True,
+            basic_auth_user_attribute="login",
+            basic_auth_password_attribute="secret",
+        )
+        response, _ = world.login("https://a.example.com/", "svc", "svc-pw")
+        self.assertEqual(response.code, 200)
+        _, body = world.get(
+            "https://a.example.com/x", {"Accept": "application/json", "Authorization": "Basic bWFsbG9yeQ=="}
+        )
+        import base64
+
+        self.assertEqual(echoed(body)["authorization"], ["Basic " + base64.b64encode(b"svc:s3cr:t").decode()])
 
     def test_upstreamDown(self) -> None:
         self.world.login("https://a.example.com/", "alice", "alice-demo")
