@@ -6,7 +6,9 @@ Requests arrive here after the outpost chose the provider by host.  The login
 round trip is C{/start} (check C{rd}, mint a signed state bound to the browser,
 redirect to the provider) then the callback (redeem the state once, exchange
 the code, verify the id token, mint a fresh session) then back to the page the
-user wanted.  C{sign_out} ends every session of the user in the outpost.
+user wanted.  C{sign_out} ends every session of the user in the outpost;
+C{backchannel-logout} is where the provider ends sessions itself (OpenID
+Connect Back-Channel Logout 1.0).
 Everything else in proxy mode goes upstream when the request is signed in or
 its path is allowed without login.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -27,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from akoutpost.backchannel import MAX_LOGOUT_BODY, SeenTokens
 from akoutpost.config import ProviderConfig
 from akoutpost.forward import ForwardedURL, forwardedMethod
 from akoutpost.headers import IDENTITY_HEADERS, IdentityContext, applyHeaders, identityHeaders, stripCookies
@@ -37,7 +41,7 @@ from akoutpost.proxy import UpstreamProxy
 from akoutpost.redirect import checkRedirect
 from akoutpost.session import CookieSigner, Session, SessionStore
 from akoutpost.state import REMEMBER_FOR, STATE_LIFETIME, InvalidState, LoginStates, RedirectMemory
-from akoutpost.tokens import TokenError
+from akoutpost.tokens import TokenError, logoutTokenExpiry
 from akoutpost.tunnel import isUpgrade
 
 OUTPOST_PREFIX = "/outpost.goauthentik.io"
@@ -164,6 +168,7 @@ class Application:
         self.base = self.origin + config.externalPath
         self.redirectUri = f"{self.base}{OUTPOST_PREFIX}/callback?{CALLBACK_SIGNATURE}=true"
         self.secure = config.externalScheme == "https"
+        self.seenLogoutTokens = SeenTokens(clock)
         self.redirectMemory = RedirectMemory(_derive(secret, "rd"), config.cookieName + "_rd", clock)
         self.ownCookies = frozenset(
             name.encode("ascii")
@@ -175,12 +180,14 @@ class Application:
     def render(self, request: Request) -> bytes | int:
         path = request.uri.partition(b"?")[0].decode("latin-1")
         args = _queryArgs(request.uri)
+        prefix = self.config.externalPath
+        relative = path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
+        if relative == f"{OUTPOST_PREFIX}/backchannel-logout":
+            return self.backchannelLogout(request)
         if _signature(args, CALLBACK_SIGNATURE):
             return self.callback(request, args)
         if _signature(args, LOGOUT_SIGNATURE):
             return self.signOut(request)
-        prefix = self.config.externalPath
-        relative = path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
         if relative == f"{OUTPOST_PREFIX}/start":
             return self.start(request, args)
         if relative == f"{OUTPOST_PREFIX}/callback":
@@ -373,6 +380,89 @@ class Application:
         self._setCookie(request, self.config.cookieName, "", 0)
         target = self.oidc.endSessionURL(idToken) or self.base + "/"
         return self._redirect(request, target)
+
+    # backchannel-logout
+
+    def _logoutAnswer(self, request: Request, code: int, error: str = "", description: str = "") -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"cache-control", b"no-store")
+        if not error:
+            return b""
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"error": error, "error_description": description}).encode("utf-8")
+
+    def backchannelLogout(self, request: Request) -> bytes | int:
+        """
+        OpenID Connect Back-Channel Logout 1.0: the provider POSTs a logout
+        token; verify it and end the matching sessions of this outpost (by
+        C{sid}, else every session of the C{sub}).  No cookie is read or set.
+        """
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return self._logoutAnswer(request, 405, "invalid_request", "use POST")
+        contentType = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if contentType != b"application/x-www-form-urlencoded":
+            return self._logoutAnswer(request, 400, "invalid_request", "expected a form")
+        length = request.getHeader(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_LOGOUT_BODY):
+            return self._logoutAnswer(request, 400, "invalid_request", "body too large")
+        content = request.content
+        body = content.read(MAX_LOGOUT_BODY + 1) if content is not None else b""
+        if len(body) > MAX_LOGOUT_BODY:
+            return self._logoutAnswer(request, 400, "invalid_request", "body too large")
+        try:
+            form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            return self._logoutAnswer(request, 400, "invalid_request", "malformed form")
+        tokens = form.get("logout_token", [])
+        if len(tokens) != 1 or not tokens[0]:
+            return self._logoutAnswer(request, 400, "invalid_request", "expected one logout_token")
+        if not self.oidc.ready:
+            request.setHeader(b"retry-after", b"10")
+            return self._logoutAnswer(request, 503, "temporarily_unavailable", "provider not discovered yet")
+        finished = [False]
+        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+
+        def verified(claims: dict[str, Any]) -> None:
+            if not self.seenLogoutTokens.remember(claims["jti"], logoutTokenExpiry(claims)):
+                raise TokenError("logout token replayed (jti seen before)")
+            issuer = claims["iss"]
+            sid = claims.get("sid")
+            sub = claims.get("sub")
+            if sid is not None:
+                ended = self.store.logoutProviderSession(issuer, sid, sub)
+            else:
+                ended = self.store.logoutUser((issuer, str(sub)))
+            self.log.info(
+                "{provider}: back-channel logout of {what} ({count} sessions ended in outpost {outpost})",
+                provider=self.config.name,
+                what=f"sid {sid}" if sid is not None else f"sub {sub}",
+                count=ended,
+                outpost=self.outpostName,
+            )
+            if not finished[0]:
+                request.write(self._logoutAnswer(request, 200))
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            reason = failure.getErrorMessage()
+            self.log.warn("{provider}: back-channel logout refused: {reason}", provider=self.config.name, reason=reason)
+            if finished[0]:
+                return
+            if failure.check(TokenError):
+                body = self._logoutAnswer(request, 400, "invalid_request", "the logout token is not acceptable")
+            else:
+                request.setHeader(b"retry-after", b"10")
+                body = self._logoutAnswer(
+                    request, 503, "temporarily_unavailable", "the provider's keys are unavailable"
+                )
+            request.write(body)
+            request.finish()
+
+        d = self.oidc.verifyLogoutToken(tokens[0])
+        d.addCallback(verified)
+        d.addErrback(failed)
+        return NOT_DONE_YET
 
     # proxy mode
 

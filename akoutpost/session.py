@@ -7,7 +7,8 @@ creates server-side state.  The browser holds a cookie whose value is a random
 session id plus an HMAC of it, so a forged or truncated cookie is rejected
 before any lookup.  Each session belongs to one provider, and the store keeps
 an index by subject so that signing out of one provider ends every session of
-that user in the outpost.
+that user in the outpost, and an index by the provider's session id (C{sid})
+for back-channel logout.
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ class Session:
         """
         return (str(self.claims.get("iss", "")), self.sub)
 
+    @property
+    def providerSession(self) -> tuple[str, str] | None:
+        """
+        The issuer and the provider's session id (the C{sid} claim), or
+        L{None} when the provider sent none.
+        """
+        sid = self.claims.get("sid")
+        if not isinstance(sid, str) or not sid:
+            return None
+        return (str(self.claims.get("iss", "")), sid)
+
 
 @dataclass
 class SessionStore:
@@ -86,6 +98,7 @@ class SessionStore:
     maxSessions: int = 100_000
     _sessions: dict[str, Session] = field(default_factory=dict)
     _byUser: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    _bySid: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     onEvict: Callable[[Session], object] | None = None
 
     log = Logger()
@@ -120,6 +133,8 @@ class SessionStore:
         )
         self._sessions[session.sessionId] = session
         self._byUser.setdefault(session.user, set()).add(session.sessionId)
+        if session.providerSession is not None:
+            self._bySid.setdefault(session.providerSession, set()).add(session.sessionId)
         return session
 
     def get(self, sessionId: str, providerKey: str) -> Session | None:
@@ -144,9 +159,25 @@ class SessionStore:
 
         @return: How many sessions ended.
         """
-        ids = self._byUser.pop(user, set())
+        ids = set(self._byUser.get(user, ()))
         for sessionId in ids:
-            self._sessions.pop(sessionId, None)
+            self._remove(sessionId)
+        return len(ids)
+
+    def logoutProviderSession(self, issuer: str, sid: str, sub: str | None = None) -> int:
+        """
+        End every session in this store made during the provider session
+        C{sid} of C{issuer} (and, when C{sub} is given, of that subject only).
+
+        @return: How many sessions ended.
+        """
+        ids = [
+            sessionId
+            for sessionId in self._bySid.get((issuer, sid), ())
+            if sub is None or self._sessions[sessionId].sub == sub
+        ]
+        for sessionId in ids:
+            self._remove(sessionId)
         return len(ids)
 
     def sweep(self) -> int:
@@ -185,6 +216,13 @@ class SessionStore:
             ids.discard(sessionId)
             if not ids:
                 del self._byUser[session.user]
+        key = session.providerSession
+        if key is not None:
+            sids = self._bySid.get(key)
+            if sids is not None:
+                sids.discard(sessionId)
+                if not sids:
+                    del self._bySid[key]
 
     def sweeper(self, interval: float = 60.0) -> LoopingCall:
         """

@@ -223,6 +223,82 @@ def checkClaims(
         raise TokenError("token nonce does not match the login")
 
 
+#: The C{events} member that makes a JWT a back-channel logout token.
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+#: How old a logout token without C{exp} may be, in seconds.
+LOGOUT_TOKEN_MAX_AGE = 600.0
+
+
+def checkLogoutClaims(
+    claims: Mapping[str, Any],
+    issuer: str,
+    clientId: str,
+    now: float,
+    leeway: float = LEEWAY,
+) -> None:
+    """
+    The OpenID Connect Back-Channel Logout 1.0 (section 2.6) claim checks of a
+    logout token whose signature has been verified.
+
+    @raise TokenError: Naming the first claim that fails.
+    """
+    if claims.get("iss") != issuer:
+        raise TokenError(f"issuer {claims.get('iss')!r} is not {issuer!r}")
+    aud = claims.get("aud")
+    audiences: Collection[object]
+    if isinstance(aud, str):
+        audiences = (aud,)
+    elif isinstance(aud, list):
+        audiences = aud
+    else:
+        raise TokenError("token has no audience")
+    if clientId not in audiences:
+        raise TokenError("token was issued for another client")
+    iat: Any = claims.get("iat")
+    if not _isNumber(iat):
+        raise TokenError("token has no numeric iat")
+    if iat - leeway > now:
+        raise TokenError("token was issued in the future")
+    exp = claims.get("exp")
+    if exp is not None:
+        if not _isNumber(exp):
+            raise TokenError("token has a non-numeric exp")
+        if exp + leeway <= now:
+            raise TokenError("token has expired")
+    elif iat + LOGOUT_TOKEN_MAX_AGE + leeway <= now:
+        raise TokenError("token without exp is too old")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not _isNumber(nbf) or nbf - leeway > now):
+        raise TokenError("token is not valid yet")
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+        raise TokenError("token has no back-channel logout event")
+    if "nonce" in claims:
+        raise TokenError("a logout token must not carry a nonce")
+    sub = claims.get("sub")
+    sid = claims.get("sid")
+    if sub is not None and (not isinstance(sub, str) or not sub):
+        raise TokenError("token has an unusable sub")
+    if sid is not None and (not isinstance(sid, str) or not sid):
+        raise TokenError("token has an unusable sid")
+    if sub is None and sid is None:
+        raise TokenError("token has neither sub nor sid")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise TokenError("token has no jti")
+
+
+def logoutTokenExpiry(claims: Mapping[str, Any], leeway: float = LEEWAY) -> float:
+    """
+    Until when a checked logout token could still be accepted, so until when
+    its C{jti} must be remembered.
+    """
+    exp: Any = claims.get("exp")
+    if _isNumber(exp):
+        return float(exp) + leeway
+    return float(claims["iat"]) + LOGOUT_TOKEN_MAX_AGE + leeway
+
+
 def _isNumber(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -478,6 +478,13 @@ def _state(url: str) -> str:
     return parse_qs(urlsplit(url).query)["state"][0]
 
 
+def _forgeLast(token: str) -> str:
+    """
+    C{token} with its last two characters changed (never to themselves).
+    """
+    return token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+
+
 def _withParam(url: str, name: str, value: str | None) -> str:
     """
     C{url} with the query parameter C{name} replaced (or removed).
@@ -1073,7 +1080,7 @@ class LoginFlowTests(SynchronousTestCase):
             cases: list[tuple[str, Callable[[Target, str], str]]] = [
                 ("missing", lambda t, url: _withParam(url, "state", None)),
                 ("empty", lambda t, url: _withParam(url, "state", "")),
-                ("forged signature", lambda t, url: _withParam(url, "state", _state(url)[:-2] + "AA")),
+                ("forged signature", lambda t, url: _withParam(url, "state", _forgeLast(_state(url)))),
                 ("forged body", lambda t, url: _withParam(url, "state", "x" + _state(url))),
                 ("garbage", lambda t, url: _withParam(url, "state", "a.b.c")),
                 ("huge", lambda t, url: _withParam(url, "state", "A" * 9000)),

@@ -8,11 +8,15 @@
 //     "port": 0,                    // 0 picks a free port
 //     "issuerPath": "/oidc",        // optional; the issuer is http://127.0.0.1:<port><issuerPath>
 //     "clients": [{"client_id": ..., "client_secret": ..., "redirect_uris": [...],
-//                  "post_logout_redirect_uris": [...], "token_endpoint_auth_method": ...}],
+//                  "post_logout_redirect_uris": [...], "token_endpoint_auth_method": ...,
+//                  "backchannel_logout_uri": ..., "backchannel_logout_session_required": true}],
 //     "users": [{"username", "password", "sub", "name", "email", "groups": [...],
 //                "entitlements": [...], "ak_proxy": {...}}],
 //     "requirePkce": false,         // optional; true makes PKCE mandatory for every client
 //     "ttl": {"IdToken": 3600, ...}, // optional; overrides of the token lifetimes, in seconds
+//     "hosts": {"a.test": "127.0.0.1"}, // optional; where the provider's own requests (the
+//                                   // back-channel logout POSTs) connect for these host
+//                                   // names; loopback is allowed (oidc-provider refuses it)
 //     "exitWithStdin": false        // optional; exit when standard input closes (set by
 //                                   // the Python harness so an orphaned provider cannot linger)
 //   }
@@ -41,7 +45,7 @@ const HOST = '127.0.0.1';
 const MAX_FORM_BYTES = 64 * 1024;
 
 const CONFIG_KEYS = new Set([
-  'port', 'issuerPath', 'clients', 'users', 'requirePkce', 'ttl', 'exitWithStdin',
+  'port', 'issuerPath', 'clients', 'users', 'requirePkce', 'ttl', 'hosts', 'exitWithStdin',
 ]);
 
 function fatal(message) {
@@ -138,6 +142,45 @@ function generateSigningKey() {
   return { ...jwk, use: 'sig', alg: 'RS256', kid: crypto.randomUUID() };
 }
 
+// The provider's outgoing requests (back-channel logout) with node:http, so
+// that test host names resolve through config.hosts and loopback is allowed;
+// oidc-provider's own fetch refuses special-use addresses.
+function outgoingFetch(url, options) {
+  const target = new URL(url);
+  if (target.protocol !== 'http:') {
+    return Promise.reject(new Error(`only http is supported here, not ${target.protocol}`));
+  }
+  const hosts = config.hosts ?? {};
+  const address = hosts[target.hostname] ?? target.hostname;
+  const body = options.body === undefined ? undefined : Buffer.from(String(options.body), 'utf8');
+  const headers = Object.fromEntries(new Headers(options.headers).entries());
+  if (body !== undefined) {
+    headers['content-length'] = String(body.length);
+  }
+  headers.host = target.host;
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: address,
+      port: target.port || 80,
+      path: `${target.pathname}${target.search}`,
+      method: options.method ?? 'GET',
+      headers,
+      signal: options.signal,
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (chunk) => chunks.push(chunk));
+      res.on('end', () => {
+        const status = res.statusCode;
+        const payload = [204, 304].includes(status) ? null : Buffer.concat(chunks);
+        resolve(new Response(payload, { status }));
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 function providerConfiguration() {
   return {
     clients: (config.clients ?? []).map((client) => ({
@@ -161,8 +204,10 @@ function providerConfiguration() {
     conformIdTokenClaims: false,
     responseTypes: ['code'],
     pkce: { required: () => Boolean(config.requirePkce) },
+    fetch: outgoingFetch,
     features: {
       devInteractions: { enabled: false },
+      backchannelLogout: { enabled: true },
       rpInitiatedLogout: {
         enabled: true,
         logoutSource: async (ctx, form) => {
@@ -338,6 +383,10 @@ async function start() {
   const { port } = server.address();
   const provider = new Provider(`http://${HOST}:${port}${issuerPath}`, providerConfiguration());
   provider.on('server_error', (ctx, error) => console.error('server_error', error));
+  provider.on('backchannel.error', (ctx, error, client) => {
+    console.error(`backchannel.error ${client.clientId}: ${error.message}`);
+  });
+  provider.on('backchannel.success', (ctx, client) => console.error(`backchannel.success ${client.clientId}`));
   // oidc-provider checks static client metadata on first use only; a
   // mistake in a test's configuration should stop the start instead.
   for (const { client_id: clientId } of config.clients ?? []) {
