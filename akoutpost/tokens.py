@@ -178,6 +178,28 @@ def verifySignature(
     return payload
 
 
+def _checkIssuerAndAudience(claims: Mapping[str, Any], issuer: str, clientId: str) -> Collection[object]:
+    """
+    The checks every token from the provider shares: its issuer, and this
+    client among its audiences.
+
+    @return: The audiences.
+    """
+    if claims.get("iss") != issuer:
+        raise TokenError(f"issuer {claims.get('iss')!r} is not {issuer!r}")
+    aud = claims.get("aud")
+    audiences: Collection[object]
+    if isinstance(aud, str):
+        audiences = (aud,)
+    elif isinstance(aud, list):
+        audiences = aud
+    else:
+        raise TokenError("token has no audience")
+    if clientId not in audiences:
+        raise TokenError("token was issued for another client")
+    return audiences
+
+
 def checkClaims(
     claims: Mapping[str, Any],
     issuer: str,
@@ -192,18 +214,7 @@ def checkClaims(
     @param nonce: The expected nonce, or L{None} to skip the check.
     @raise TokenError: Naming the first claim that fails.
     """
-    if claims.get("iss") != issuer:
-        raise TokenError(f"issuer {claims.get('iss')!r} is not {issuer!r}")
-    aud = claims.get("aud")
-    audiences: Collection[object]
-    if isinstance(aud, str):
-        audiences = (aud,)
-    elif isinstance(aud, list):
-        audiences = aud
-    else:
-        raise TokenError("token has no audience")
-    if clientId not in audiences:
-        raise TokenError("token was issued for another client")
+    audiences = _checkIssuerAndAudience(claims, issuer, clientId)
     if len(audiences) > 1 and claims.get("azp") != clientId:
         raise TokenError("token has several audiences and azp is not this client")
     for name in ("exp", "iat"):
@@ -242,18 +253,7 @@ def checkLogoutClaims(
 
     @raise TokenError: Naming the first claim that fails.
     """
-    if claims.get("iss") != issuer:
-        raise TokenError(f"issuer {claims.get('iss')!r} is not {issuer!r}")
-    aud = claims.get("aud")
-    audiences: Collection[object]
-    if isinstance(aud, str):
-        audiences = (aud,)
-    elif isinstance(aud, list):
-        audiences = aud
-    else:
-        raise TokenError("token has no audience")
-    if clientId not in audiences:
-        raise TokenError("token was issued for another client")
+    _checkIssuerAndAudience(claims, issuer, clientId)
     iat: Any = claims.get("iat")
     if not _isNumber(iat):
         raise TokenError("token has no numeric iat")
