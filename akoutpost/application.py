@@ -11,6 +11,15 @@ C{backchannel-logout} is where the provider ends sessions itself (OpenID
 Connect Back-Channel Logout 1.0).
 Everything else in proxy mode goes upstream when the request is signed in or
 its path is allowed without login.
+
+A request is signed in by its session cookie, else by header authentication
+(C{Authorization: Bearer} or C{Basic}, see L{akoutpost.headerauth}), tried
+whatever C{intercept_header_auth} says: that setting only chooses, in proxy
+mode, between a 401 page and the usual redirect when header authentication
+fails.  A successful header authentication creates no session and sets no
+cookie (unlike authentik): API clients rarely keep cookies, and the session
+store grows only by logins.  It asks the provider, so the answer comes later
+(C{NOT_DONE_YET}), unless the outcome for that header is cached.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +43,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from akoutpost.backchannel import MAX_LOGOUT_BODY, SeenTokens
 from akoutpost.config import ProviderConfig
 from akoutpost.forward import ForwardedURL, forwardedMethod
+from akoutpost.headerauth import HeaderAuthenticator, HeaderIdentity, authorizationHeader
 from akoutpost.headers import IDENTITY_HEADERS, IdentityContext, applyHeaders, identityHeaders, stripCookies
 from akoutpost.metrics import NO_METRICS, ProviderMetrics
 from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
@@ -159,7 +170,7 @@ class Application:
         self.clock = clock
         self.proxy = proxy
         self.isTrusted = isTrusted
-        self.key = f"{config.outpost}/{config.index}/{config.client_id}"
+        self.key = f"{config.outpost}/{config.client_id}/{config.externalHostKey}"
         secret = config.cookie_secret.encode("utf-8") if config.cookie_secret else secrets.token_bytes(32)
         self.sessionCookie = CookieSigner(_derive(secret, "session"), config.cookieName)
         self.loginCookie = CookieSigner(_derive(secret, "login"), config.cookieName + "_login")
@@ -173,6 +184,13 @@ class Application:
         self.ownCookies = frozenset(
             name.encode("ascii")
             for name in (config.cookieName, self.loginCookie.cookieName, self.redirectMemory.cookieName)
+        )
+        self.headerAuth = HeaderAuthenticator(
+            clock,
+            lambda: self.oidc,
+            config.scopes,
+            f"outpost {config.outpost!r}, provider {config.name!r}",
+            lambda reason: self.metrics.loginFailure(reason),
         )
 
     # Dispatch
@@ -384,6 +402,11 @@ class Application:
     # backchannel-logout
 
     def _logoutAnswer(self, request: Request, code: int, error: str = "", description: str = "") -> bytes:
+        """
+        Answer a back-channel logout request, and count it: 200 is accepted,
+        anything else refused.
+        """
+        self.metrics.backchannelLogout(code == 200)
         request.setResponseCode(code)
         request.setHeader(b"cache-control", b"no-store")
         if not error:
@@ -440,14 +463,17 @@ class Application:
                 count=ended,
                 outpost=self.outpostName,
             )
-            if not finished[0]:
-                request.write(self._logoutAnswer(request, 200))
-                request.finish()
+            if finished[0]:
+                self.metrics.backchannelLogout(True)
+                return
+            request.write(self._logoutAnswer(request, 200))
+            request.finish()
 
         def failed(failure: Failure) -> None:
             reason = failure.getErrorMessage()
             self.log.warn("{provider}: back-channel logout refused: {reason}", provider=self.config.name, reason=reason)
             if finished[0]:
+                self.metrics.backchannelLogout(False)
                 return
             if failure.check(TokenError):
                 body = self._logoutAnswer(request, 400, "invalid_request", "the logout token is not acceptable")
@@ -523,9 +549,30 @@ class Application:
         request.setHeader(b"cache-control", b"no-store")
         session = self.currentSession(request)
         if session is not None:
-            applyHeaders(
-                request.responseHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())
-            )
+            return self._forwardAnswer(request, kind, forwarded, trusted, session.claims, session.rawToken)
+
+        def answer(identity: HeaderIdentity | None) -> bytes | int:
+            if identity is None:
+                return self._forwardAnswer(request, kind, forwarded, trusted)
+            return self._forwardAnswer(request, kind, forwarded, trusted, identity.claims, identity.rawToken)
+
+        return self._withHeaderIdentity(request, answer)
+
+    def _forwardAnswer(
+        self,
+        request: Request,
+        kind: str,
+        forwarded: ForwardedURL,
+        trusted: bool,
+        claims: Mapping[str, Any] | None = None,
+        rawToken: str = "",
+    ) -> bytes:
+        """
+        The answer to a forward-auth check, signed in as C{claims} or
+        anonymous (L{None}).
+        """
+        if claims is not None:
+            applyHeaders(request.responseHeaders, identityHeaders(claims, rawToken, self.identityContext()))
             request.setHeader(b"user-agent", request.getHeader(b"user-agent") or b"")
             return b""
         if self.allowsTarget(forwarded.scheme, forwarded.netloc, forwarded.path.encode("latin-1"), forwarded.query):
@@ -545,6 +592,57 @@ class Application:
         request.setResponseCode(401)
         return b"unauthorized request\n"
 
+    # header authentication
+
+    def _withHeaderIdentity(
+        self, request: Request, answer: Callable[[HeaderIdentity | None], bytes | int]
+    ) -> bytes | int:
+        """
+        Answer C{request} as whoever its C{Authorization} header
+        authenticates (L{None}: nobody).  Without such a header, or with a
+        cached outcome for it, at once; otherwise once the provider has
+        answered (C{NOT_DONE_YET}), unless the client has gone by then.
+        """
+        value = authorizationHeader(request)
+        if value is None:
+            return answer(None)
+        hit = self.headerAuth.cached(value)
+        if hit is not None:
+            return answer(hit.identity)
+        finished = [False]
+        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+
+        def identified(identity: HeaderIdentity | None) -> None:
+            if finished[0]:
+                return
+            try:
+                body = answer(identity)
+            except Exception:
+                self.log.failure(
+                    "{provider}: error while answering {uri}",
+                    provider=self.config.name,
+                    uri=request.uri.decode("latin-1")[:200],
+                )
+                if request.startedWriting:
+                    request.channel.transport.abortConnection()  # type: ignore[union-attr]
+                    return
+                body = renderPage(request, 500, "Internal Server Error", "The outpost could not handle this request.")
+            if isinstance(body, bytes):
+                request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+                request.write(body)
+                request.finish()
+
+        d: Deferred[HeaderIdentity | None] = self.headerAuth.authenticate(value)
+        d.addCallback(identified)
+        d.addErrback(
+            lambda failure: self.log.failure(
+                "{provider}: error after header authentication", failure, provider=self.config.name
+            )
+        )
+        return NOT_DONE_YET
+
+    # proxy mode
+
     def proxyRequest(self, request: Request) -> bytes | int:
         assert self.proxy is not None
         originalHost = request.getHeader(b"host") or b""
@@ -552,24 +650,41 @@ class Application:
         session = self.currentSession(request)
         stripCookies(request.requestHeaders, self.ownCookies)
         if session is not None:
-            applyHeaders(
-                request.requestHeaders, identityHeaders(session.claims, session.rawToken, self.identityContext())
+            return self._proxySignedIn(request, session.claims, session.rawToken, originalHost, trusted)
+
+        def answer(identity: HeaderIdentity | None) -> bytes | int:
+            if identity is None:
+                return self._proxyAnonymous(request, originalHost, trusted)
+            # The credentials were for the outpost; the application gets the
+            # identity headers (and basic_auth_enabled's own Authorization).
+            request.requestHeaders.removeHeader(b"authorization")
+            return self._proxySignedIn(request, identity.claims, identity.rawToken, originalHost, trusted)
+
+        return self._withHeaderIdentity(request, answer)
+
+    def _proxySignedIn(
+        self, request: Request, claims: Mapping[str, Any], rawToken: str, originalHost: bytes, trusted: bool
+    ) -> bytes | int:
+        assert self.proxy is not None
+        applyHeaders(request.requestHeaders, identityHeaders(claims, rawToken, self.identityContext()))
+        origin, host = self._override(claims, originalHost)
+        if isUpgrade(request):
+            return self.proxy.upgrade(
+                request, origin=origin, host=host, trustedPeer=trusted, forwardedHost=originalHost
             )
-            origin, host = self._override(session, originalHost)
-            if isUpgrade(request):
-                return self.proxy.upgrade(
-                    request, origin=origin, host=host, trustedPeer=trusted, forwardedHost=originalHost
-                )
-            proxyClaims = session.claims.get("ak_proxy")
-            superuser = isinstance(proxyClaims, dict) and proxyClaims.get("is_superuser") is True
-            return self.proxy.forward(
-                request,
-                origin=origin,
-                host=host,
-                trustedPeer=trusted,
-                showErrors=superuser,
-                forwardedHost=originalHost,
-            )
+        proxyClaims = claims.get("ak_proxy")
+        superuser = isinstance(proxyClaims, dict) and proxyClaims.get("is_superuser") is True
+        return self.proxy.forward(
+            request,
+            origin=origin,
+            host=host,
+            trustedPeer=trusted,
+            showErrors=superuser,
+            forwardedHost=originalHost,
+        )
+
+    def _proxyAnonymous(self, request: Request, originalHost: bytes, trusted: bool) -> bytes | int:
+        assert self.proxy is not None
         if self.isAllowlisted(request):
             if isUpgrade(request):
                 return self.proxy.upgrade(request, trustedPeer=trusted, forwardedHost=originalHost)
@@ -578,6 +693,7 @@ class Application:
             # A websocket handshake cannot follow a login redirect.
             return renderPage(request, 401, "Unauthenticated", "Sign in to use this application.")
         if self.config.intercept_header_auth and request.requestHeaders.hasHeader(b"authorization"):
+            request.setHeader(b"www-authenticate", b'Bearer realm="akoutpost"')
             return renderPage(
                 request,
                 401,
@@ -592,8 +708,8 @@ class Application:
             request, 401, "Unauthenticated", "Sign in to use this application.", (self.base + "/", "Sign in")
         )
 
-    def _override(self, session: Session, originalHost: bytes) -> tuple[bytes | None, bytes | None]:
-        proxyClaims = session.claims.get("ak_proxy")
+    def _override(self, claims: Mapping[str, Any], originalHost: bytes) -> tuple[bytes | None, bytes | None]:
+        proxyClaims = claims.get("ak_proxy")
         if not isinstance(proxyClaims, dict):
             return None, None
         origin = None

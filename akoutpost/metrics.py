@@ -42,8 +42,20 @@ METRICS_PATH = b"/metrics"
 REQUEST_TYPES = ("ping", "app")
 #: The C{kind} label of C{akoutpost_upstream_errors_total}.
 UPSTREAM_ERROR_KINDS = ("refused", "timeout", "reset", "other")
-#: The C{reason} label of C{akoutpost_login_failures_total}.
-LOGIN_FAILURE_REASONS = ("invalid_state", "provider_error", "token_invalid", "refused", "unavailable")
+#: The C{reason} label of C{akoutpost_login_failures_total}: the login
+#: round trip's, then header authentication's (a refused bearer token or app
+#: password, or a provider that could not be asked).
+LOGIN_FAILURE_REASONS = (
+    "invalid_state",
+    "provider_error",
+    "token_invalid",
+    "refused",
+    "unavailable",
+    "header_refused",
+    "header_provider_error",
+)
+#: The C{outcome} label of C{akoutpost_backchannel_logouts_total}.
+BACKCHANNEL_OUTCOMES = ("accepted", "refused")
 
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"})
 _T = TypeVar("_T")
@@ -202,6 +214,12 @@ class OutpostMetrics:
             ["outpost_name", "provider", "reason"],
             registry=registry,
         )
+        self.backchannelLogouts = Counter(
+            "akoutpost_backchannel_logouts",
+            "Back-channel logout requests from the provider, accepted (sessions ended) or refused",
+            ["outpost_name", "provider", "outcome"],
+            registry=registry,
+        )
         self.evictions.labels(outpostName)
         self.info.labels(*self._identity()).set(1)
         self.connection.labels(outpostName, OUTPOST_TYPE, uuid).set(0)
@@ -233,6 +251,8 @@ class OutpostMetrics:
         self.signOuts.labels(self.name, name)
         for reason in LOGIN_FAILURE_REASONS:
             self.loginFailures.labels(self.name, name, reason)
+        for outcome in BACKCHANNEL_OUTCOMES:
+            self.backchannelLogouts.labels(self.name, name, outcome)
         if proxied:
             for kind in UPSTREAM_ERROR_KINDS:
                 self.upstreamErrors.labels(self.name, name, kind)
@@ -292,6 +312,15 @@ class ProviderMetrics:
         assert reason in LOGIN_FAILURE_REASONS, reason
         if self.outpost is not None:
             self.outpost.loginFailures.labels(self.outpost.name, self.provider, reason).inc()
+
+    def backchannelLogout(self, accepted: bool) -> None:
+        """
+        Count a back-channel logout request: accepted (its sessions ended),
+        or refused (any other answer).
+        """
+        if self.outpost is not None:
+            outcome = "accepted" if accepted else "refused"
+            self.outpost.backchannelLogouts.labels(self.outpost.name, self.provider, outcome).inc()
 
     def upstreamError(self, failure: Failure) -> None:
         if self.outpost is not None:

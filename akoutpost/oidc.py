@@ -71,6 +71,7 @@ class ProviderMetadata:
     endSessionEndpoint: str | None
     signingAlgorithms: tuple[str, ...]
     tokenAuthMethods: tuple[str, ...]
+    introspectionEndpoint: str | None = None
 
     @classmethod
     def fromDocument(cls, document: object, issuer: str) -> ProviderMetadata:
@@ -104,6 +105,7 @@ class ProviderMetadata:
             endSessionEndpoint=url("end_session_endpoint", required=False),
             signingAlgorithms=strings("id_token_signing_alg_values_supported", ["RS256"]),
             tokenAuthMethods=strings("token_endpoint_auth_methods_supported", ["client_secret_basic"]),
+            introspectionEndpoint=url("introspection_endpoint", required=False),
         )
 
 
@@ -303,13 +305,7 @@ class OpenIDClient:
             "code_verifier": codeVerifier,
         }
         headers = {"Accept": "application/json"}
-        if "client_secret_basic" in metadata.tokenAuthMethods or "client_secret_post" not in metadata.tokenAuthMethods:
-            # RFC 6749 2.3.1: both parts are form-encoded before Basic.
-            userpass = f"{_formEncode(self.clientId)}:{_formEncode(self.clientSecret)}"
-            headers["Authorization"] = "Basic " + base64.b64encode(userpass.encode("utf-8")).decode("ascii")
-        else:
-            form["client_id"] = self.clientId
-            form["client_secret"] = self.clientSecret
+        self._authenticateClient(metadata, form, headers)
         response = yield self._request("POST", metadata.tokenEndpoint, data=form, headers=headers)
         body = yield self._readJSON(response)
         if response.code != 200 or not isinstance(body, dict):
@@ -332,6 +328,106 @@ class OpenIDClient:
                     claims[name] = value
         rawToken = accessToken if isinstance(accessToken, str) and accessToken.count(".") == 2 else idToken
         return LoginResult(claims=claims, rawToken=rawToken, idToken=idToken, lifetime=lifetime)
+
+    def _authenticateClient(self, metadata: ProviderMetadata, form: dict[str, str], headers: dict[str, str]) -> None:
+        """
+        Add this client's credentials to a back-channel request, the way the
+        provider advertises for its token endpoint: C{client_secret_basic},
+        else C{client_secret_post}.
+        """
+        if "client_secret_basic" in metadata.tokenAuthMethods or "client_secret_post" not in metadata.tokenAuthMethods:
+            # RFC 6749 2.3.1: both parts are form-encoded before Basic.
+            userpass = f"{_formEncode(self.clientId)}:{_formEncode(self.clientSecret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(userpass.encode("utf-8")).decode("ascii")
+        else:
+            form["client_id"] = self.clientId
+            form["client_secret"] = self.clientSecret
+
+    @inlineCallbacks
+    def introspect(self, token: str):  # type: ignore[no-untyped-def]
+        """
+        Ask the provider about a bearer token (RFC 7662), authenticated as at
+        the token endpoint.  Whether the answer is acceptable is the
+        caller's decision.
+
+        @return: A L{Deferred} firing with the answer's JSON object.
+        @raise ProviderUnavailable: Discovery has not succeeded yet.
+        @raise TokenError: The provider has no introspection endpoint, or
+            refused the request (a 4xx answer).
+        @raise ProviderError: The provider could not be asked, or its answer
+            was unusable.
+        """
+        metadata = self._require()
+        if metadata.introspectionEndpoint is None:
+            raise TokenError("the provider advertises no introspection_endpoint")
+        form = {"token": token}
+        headers = {"Accept": "application/json"}
+        self._authenticateClient(metadata, form, headers)
+        response = yield self._request("POST", metadata.introspectionEndpoint, data=form, headers=headers)
+        body = yield self._readAnswer(response, "introspection endpoint")
+        return body
+
+    @inlineCallbacks
+    def clientCredentials(self, username: str, password: str, scopes: Sequence[str]):  # type: ignore[no-untyped-def]
+        """
+        authentik's C{client_credentials} grant with a username and an app
+        password, then verify the id token of the answer like a login's
+        (without a nonce).  As authentik's outpost does, no client secret is
+        sent: authentik checks the user's credentials, not the client's.
+
+        @return: A L{Deferred} firing with a L{LoginResult} whose C{rawToken}
+            is the id token.
+        @raise ProviderUnavailable: Discovery has not succeeded yet.
+        @raise TokenError: The credentials were refused (a 4xx answer), or
+            the answer carries no acceptable id token.
+        @raise ProviderError: The provider could not be asked, or its answer
+            was unusable.
+        """
+        metadata = self._require()
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.clientId,
+            "username": username,
+            "password": password,
+            "scope": " ".join(scopes),
+        }
+        response = yield self._request(
+            "POST", metadata.tokenEndpoint, data=form, headers={"Accept": "application/json"}
+        )
+        body = yield self._readAnswer(response, "token endpoint")
+        idToken = body.get("id_token")
+        if not isinstance(idToken, str) or not idToken:
+            raise TokenError("the token endpoint's answer has no id_token")
+        claims = yield self.verifyIdToken(idToken, None)
+        lifetime = float(claims["exp"]) - self.clock.seconds()
+        expiresIn = body.get("expires_in")
+        if isinstance(expiresIn, (int, float)) and not isinstance(expiresIn, bool) and expiresIn > 0:
+            lifetime = min(lifetime, float(expiresIn))
+        return LoginResult(claims=claims, rawToken=idToken, idToken=idToken, lifetime=lifetime)
+
+    @inlineCallbacks
+    def _readAnswer(self, response: IResponse, endpoint: str):  # type: ignore[no-untyped-def]
+        """
+        The JSON object of a 200 answer to a back-channel POST.
+
+        @raise TokenError: A 4xx answer: the provider refused (the body need
+            not be JSON).
+        @raise ProviderError: Any other status, or a body that is not a JSON
+            object.
+        """
+        try:
+            body = yield self._readJSON(response)
+        except ProviderError:
+            if 400 <= response.code < 500:
+                body = None
+            else:
+                raise
+        if 400 <= response.code < 500:
+            error = body.get("error") if isinstance(body, dict) else None
+            raise TokenError(f"{endpoint} answered {response.code} ({str(error or 'no error code')[:100]})")
+        if response.code != 200 or not isinstance(body, dict):
+            raise ProviderError(f"{endpoint} answered {response.code} without a JSON object")
+        return body
 
     @inlineCallbacks
     def verifyIdToken(self, idToken: str, nonce: str | None):  # type: ignore[no-untyped-def]

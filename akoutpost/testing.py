@@ -3,7 +3,9 @@
 Public test doubles for akoutpost, in the spirit of L{treq.testing}.
 
 L{DevelopmentProvider} is a small but real OpenID Connect provider (authorization code flow with
-PKCE, discovery, JWKS, userinfo and RP-initiated logout) built as a C{twisted.web} resource tree.
+PKCE, discovery, JWKS, userinfo, token introspection, RP-initiated logout, and authentik's
+C{client_credentials} grant with a username and an app password) built as a C{twisted.web}
+resource tree.
 L{EchoApplication} is an upstream web application that reports the request it received.
 
 Both are used by C{twistd akoutpost --demo} and by the test suite, over loopback HTTP or in memory
@@ -77,6 +79,9 @@ class DemoUser:
         C{{"additionalHeaders": {"X-Demo-Role": "admin"}}}; it must be JSON-serialisable.
     @ivar backendOverride: if non-empty, sent as C{ak_proxy.backend_override}.
     @ivar hostHeader: if non-empty, sent as C{ak_proxy.host_header}.
+    @ivar appPassword: if non-empty, the app password that authentik's C{client_credentials} grant
+        accepts with the username (what an API client sends as C{Authorization: Basic}); the
+        account password is not accepted there, as in authentik.
     """
 
     username: str
@@ -90,6 +95,7 @@ class DemoUser:
     isSuperuser: bool = False
     backendOverride: str = ""
     hostHeader: str = ""
+    appPassword: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ DEMO_USERS: Final[tuple[DemoUser, ...]] = (
         groups=("admins", "users"),
         attributes={"additionalHeaders": {"X-Demo-Role": "admin"}},
         isSuperuser=True,
+        appPassword="akadmin-app-demo",
     ),
     DemoUser(
         username="alice",
@@ -132,9 +139,13 @@ DEMO_USERS: Final[tuple[DemoUser, ...]] = (
         email="alice@example.com",
         groups=("users",),
         attributes={"additionalHeaders": {"X-Demo-Role": "user"}},
+        appPassword="alice-app-demo",
     ),
 )
-"""The demo accounts: C{akadmin}/C{akadmin-demo} (superuser) and C{alice}/C{alice-demo}."""
+"""
+The demo accounts: C{akadmin}/C{akadmin-demo} (superuser) and C{alice}/C{alice-demo}, with the app
+passwords C{akadmin-app-demo} and C{alice-app-demo}.
+"""
 
 
 class _Clock(Protocol):
@@ -210,6 +221,10 @@ class _AccessGrant:
     userinfo: Mapping[str, object]
     sessionId: str
     expiresAt: float
+    clientId: str = ""
+    issuedAt: float = 0
+    scope: str = ""
+    introspection: Mapping[str, object] = field(default_factory=dict)
 
 
 def _args(request: Request) -> Mapping[bytes, Sequence[bytes]]:
@@ -316,6 +331,8 @@ class DevelopmentProvider:
     @ivar issuer: the issuer identifier, exactly as given; it ends with C{/}.
     @ivar jwks: the public JSON Web Key Set document.
     @ivar endSessionCalls: the parameters of every end-session request received, in order.
+    @ivar introspections: how many introspection requests were answered.
+    @ivar passwordGrants: how many C{client_credentials} requests with a username were answered.
     """
 
     log = Logger()
@@ -373,6 +390,8 @@ class DevelopmentProvider:
             "keys": [{**publicKey, "kid": self._kid, "use": "sig", "alg": "RS256"}]
         }
         self.endSessionCalls: list[dict[str, str]] = []
+        self.introspections = 0
+        self.passwordGrants = 0
         self._sessions: dict[str, _Session] = {}
         self._codes: dict[str, _CodeGrant] = {}
         self._spentCodes: dict[str, _SpentCode] = {}
@@ -423,9 +442,10 @@ class DevelopmentProvider:
             "userinfo_endpoint": f"{self.issuer}userinfo/",
             "jwks_uri": f"{self.issuer}jwks/",
             "end_session_endpoint": f"{self.issuer}end-session/",
+            "introspection_endpoint": f"{self.issuer}introspect/",
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code"],
+            "grant_types_supported": ["authorization_code", "client_credentials"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": algorithms,
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -439,6 +459,7 @@ class DevelopmentProvider:
         endpoints: dict[bytes, dict[bytes, Callable[[Request], bytes]]] = {
             b"authorize": {b"GET": self._renderAuthorize, b"POST": self._renderLogin},
             b"token": {b"POST": self._renderToken},
+            b"introspect": {b"POST": self._renderIntrospect},
             b"userinfo": {b"GET": self._renderUserinfo, b"POST": self._renderUserinfo},
             b"jwks": {b"GET": self._renderJWKS},
             b"end-session": {b"GET": self._renderEndSession, b"POST": self._renderEndSession},
@@ -658,13 +679,17 @@ class DevelopmentProvider:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"pragma", b"no-cache")
         try:
+            if _param(_args(request), "grant_type") == "client_credentials":
+                return _json(request, self._passwordGrant(request))
             client = self._authenticateClient(request)
             grantType = _param(_args(request), "grant_type")
             code = _param(_args(request), "code")
             if grantType is None or code is None:
                 raise _TokenError("invalid_request", "grant_type and code are required")
             if grantType != "authorization_code":
-                raise _TokenError("unsupported_grant_type", "only authorization_code is supported")
+                raise _TokenError(
+                    "unsupported_grant_type", "only authorization_code and client_credentials are supported"
+                )
             tokens = self._redeem(
                 client,
                 code,
@@ -751,7 +776,9 @@ class DevelopmentProvider:
             raise _TokenError("invalid_grant", "code_verifier does not match code_challenge")
         accessToken, idToken, userinfo = self._mintTokens(grant, int(now))
         spent.accessTokens.append(accessToken)
-        self._accessTokens[accessToken] = _AccessGrant(userinfo, grant.session.sessionId, now + self._tokenLifetime)
+        self._accessTokens[accessToken] = _AccessGrant(
+            userinfo, grant.session.sessionId, now + self._tokenLifetime, client.clientId, now, authorization.scope
+        )
         return {
             "access_token": accessToken,
             "token_type": "Bearer",
@@ -764,6 +791,24 @@ class DevelopmentProvider:
         """@return: the access token, the ID token and the userinfo claims."""
         user = grant.session.user
         client = grant.request.client
+        userinfo = self._userinfo(user)
+        common: dict[str, object] = {
+            "iss": self.issuer,
+            "aud": client.clientId,
+            "exp": now + self._tokenLifetime,
+            "iat": now,
+            "auth_time": grant.session.authTime,
+            "sid": hashlib.sha256(grant.session.sessionId.encode("ascii")).hexdigest(),
+            **userinfo,
+        }
+        accessToken = self._sign(client, {**common, "jti": secrets.token_hex(16), "scope": grant.request.scope})
+        idClaims = {**common, "at_hash": _b64(hashlib.sha256(accessToken.encode()).digest()[:16])}
+        if grant.request.nonce is not None:
+            idClaims["nonce"] = grant.request.nonce
+        return accessToken, self._sign(client, idClaims), userinfo
+
+    def _userinfo(self, user: DemoUser) -> dict[str, object]:
+        """@return: the claims about C{user} that userinfo, the tokens and introspection carry."""
         proxy: dict[str, object] = {
             "user_attributes": json.loads(json.dumps(dict(user.attributes))),
             "is_superuser": user.isSuperuser,
@@ -782,20 +827,125 @@ class DevelopmentProvider:
             "entitlements": list(user.entitlements),
             "ak_proxy": proxy,
         }
-        common: dict[str, object] = {
+        return userinfo
+
+    # authentik's client_credentials grant with an app password, and introspection.
+
+    def _passwordGrant(self, request: Request) -> dict[str, object]:
+        """
+        authentik's C{client_credentials} grant with C{username} and C{password}: the password
+        must be the user's app password; the client is named by C{client_id} and, as in
+        authentik, its secret is not asked for.
+
+        @raise _TokenError: C{invalid_request} or C{invalid_grant}.
+        """
+        args = _args(request)
+        clientId = _param(args, "client_id")
+        username = _param(args, "username")
+        password = _param(args, "password")
+        if clientId is None or username is None or password is None:
+            raise _TokenError("invalid_request", "client_id, username and password are required")
+        client = self._clients.get(clientId)
+        user = self._users.get(username)
+        if client is None:
+            raise _TokenError("invalid_client", "unknown client", 401)
+        if (
+            user is None
+            or not user.appPassword
+            or not hmac.compare_digest(password.encode(), user.appPassword.encode())
+        ):
+            self.log.info("development provider: app password refused for {username!r}", username=username)
+            raise _TokenError("invalid_grant", "invalid username or app password")
+        self.passwordGrants += 1
+        scope = " ".join(s for s in dict.fromkeys((_param(args, "scope") or "").split()) if s in _SCOPES)
+        now = int(self._clock.seconds())
+        claims: dict[str, object] = {
             "iss": self.issuer,
             "aud": client.clientId,
             "exp": now + self._tokenLifetime,
             "iat": now,
-            "auth_time": grant.session.authTime,
-            "sid": hashlib.sha256(grant.session.sessionId.encode("ascii")).hexdigest(),
-            **userinfo,
+            "auth_time": now,
+            **self._userinfo(user),
         }
-        accessToken = self._sign(client, {**common, "jti": secrets.token_hex(16), "scope": grant.request.scope})
-        idClaims = {**common, "at_hash": _b64(hashlib.sha256(accessToken.encode()).digest()[:16])}
-        if grant.request.nonce is not None:
-            idClaims["nonce"] = grant.request.nonce
-        return accessToken, self._sign(client, idClaims), userinfo
+        accessToken = self._sign(client, {**claims, "jti": secrets.token_hex(16), "scope": scope})
+        self._accessTokens[accessToken] = _AccessGrant(
+            self._userinfo(user), "", now + self._tokenLifetime, client.clientId, now, scope
+        )
+        return {
+            "access_token": accessToken,
+            "token_type": "Bearer",
+            "expires_in": self._tokenLifetime,
+            "id_token": self._sign(client, claims),
+            "scope": scope,
+        }
+
+    def issueAccessToken(
+        self,
+        clientId: str,
+        username: str,
+        *,
+        lifetime: int | None = None,
+        introspection: Mapping[str, object] | None = None,
+    ) -> str:
+        """
+        Issue an access token to a registered client for a user without any login, as an API
+        client would hold one.
+
+        @param lifetime: seconds until it expires; the provider's token lifetime by default.
+        @param introspection: members the introspection endpoint answers instead of its own, to
+            play a provider whose answers are wrong (C{iss}, C{exp}, C{client_id}...).
+        @return: the token.
+        """
+        client = self._clients[clientId]
+        user = self._users[username]
+        now = self._clock.seconds()
+        expiresAt = now + (self._tokenLifetime if lifetime is None else lifetime)
+        userinfo = self._userinfo(user)
+        token = self._sign(
+            client,
+            {"iss": self.issuer, "aud": clientId, "iat": int(now), "exp": int(expiresAt), "jti": secrets.token_hex(16)},
+        )
+        self._accessTokens[token] = _AccessGrant(
+            userinfo, "", expiresAt, clientId, now, " ".join(_SCOPES), dict(introspection or {})
+        )
+        return token
+
+    def _renderIntrospect(self, request: Request) -> bytes:
+        """
+        RFC 7662 token introspection for authenticated clients.  Like authentik's, an active
+        answer carries the user's claims (the ID token's); like npm C{oidc-provider}'s default
+        policy, any registered client may ask about any token (the relying party has to check
+        C{client_id} itself).
+        """
+        request.setHeader(b"cache-control", b"no-store")
+        try:
+            self._authenticateClient(request)
+            token = _param(_args(request), "token")
+            if token is None:
+                raise _TokenError("invalid_request", "token is required")
+        except _ParameterError as e:
+            return _json(request, {"error": "invalid_request", "error_description": str(e)}, 400)
+        except _TokenError as e:
+            if e.basic:
+                request.setHeader(b"www-authenticate", b'Basic realm="akoutpost development provider"')
+            return _json(request, {"error": e.error, "error_description": e.description}, e.status)
+        self.introspections += 1
+        grant = self._accessTokens.get(token)
+        if grant is None or self._clock.seconds() >= grant.expiresAt:
+            return _json(request, {"active": False})
+        answer: dict[str, object] = {
+            **grant.userinfo,
+            "active": True,
+            "iss": self.issuer,
+            "aud": grant.clientId,
+            "client_id": grant.clientId,
+            "exp": int(grant.expiresAt),
+            "iat": int(grant.issuedAt),
+            "scope": grant.scope,
+            "token_type": "Bearer",
+            **grant.introspection,
+        }
+        return _json(request, {k: v for k, v in answer.items() if v is not None})
 
     def _sign(self, client: ClientRegistration, claims: Mapping[str, object]) -> str:
         payload = json.dumps(claims).encode("utf-8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +28,7 @@ from zope.interface import implementer
 
 from akoutpost.config import parseConfig
 from akoutpost.metrics import (
+    BACKCHANNEL_OUTCOMES,
     LOGIN_FAILURE_REASONS,
     UPSTREAM_ERROR_KINDS,
     MetricsResource,
@@ -36,7 +38,8 @@ from akoutpost.metrics import (
 )
 from akoutpost.service import AkOutpostService
 from akoutpost.session import SessionStore
-from akoutpost.tokens import TokenError
+from akoutpost.testing import ClientRegistration
+from akoutpost.tokens import BACKCHANNEL_LOGOUT_EVENT, TokenError
 from tests._fixtures import config, providerTable
 from tests.test_application import HTML, ISSUER, World, hiddenFields, location
 from tests.test_forward import World as ForwardWorld
@@ -55,6 +58,7 @@ FAMILIES = {
     "akoutpost_sessions_evicted": "counter",
     "akoutpost_upstream_errors": "counter",
     "akoutpost_login_failures": "counter",
+    "akoutpost_backchannel_logouts": "counter",
 }
 
 
@@ -134,6 +138,10 @@ class InMemoryMetricsTests(SynchronousTestCase):
                 )
             for kind in UPSTREAM_ERROR_KINDS:
                 self.assertEqual(result.value("akoutpost_upstream_errors_total", provider=provider, kind=kind), 0)
+            for outcome in BACKCHANNEL_OUTCOMES:
+                self.assertEqual(
+                    result.value("akoutpost_backchannel_logouts_total", provider=provider, outcome=outcome), 0
+                )
         self.assertEqual(result.value("akoutpost_sessions_evicted_total", outpost_name="main"), 0)
         self.assertEqual(
             result.value("authentik_outpost_connection", outpost_name="main", outpost_type="proxy", uuid="main"), 0
@@ -228,7 +236,15 @@ class InMemoryMetricsTests(SynchronousTestCase):
         }
         self.assertEqual(
             failures,
-            {"invalid_state": 2, "refused": 1, "provider_error": 1, "token_invalid": 0, "unavailable": 0},
+            {
+                "invalid_state": 2,
+                "refused": 1,
+                "provider_error": 1,
+                "token_invalid": 0,
+                "unavailable": 0,
+                "header_refused": 0,
+                "header_provider_error": 0,
+            },
         )
         self.assertEqual(result.value("akoutpost_logins_total", provider="a"), 1)
 
@@ -252,6 +268,63 @@ class InMemoryMetricsTests(SynchronousTestCase):
         self.assertEqual(response.code, 503)
         result = scrape(self.main)
         self.assertEqual(result.value("akoutpost_login_failures_total", provider="a", reason="unavailable"), 1)
+
+    def test_headerAuthenticationFailures(self) -> None:
+        """
+        A bearer token the provider does not know is C{header_refused}, once
+        per provider call (the refusal is then cached); a provider that
+        cannot be asked is C{header_provider_error}.  Neither is a login.
+        """
+        for _ in range(3):
+            response, _ = self.world.get("https://a.example.com/api", {"Authorization": "Bearer unknown-token"})
+            self.assertEqual(response.code, 401)
+        app = self.world.outposts["main"].applications["a.example.com"]
+        app.oidc.metadata = None
+        response, _ = self.world.get("https://a.example.com/api", {"Authorization": "Bearer another-token"})
+        self.assertEqual(response.code, 401)
+        result = scrape(self.main)
+        self.assertEqual(result.value("akoutpost_login_failures_total", provider="a", reason="header_refused"), 1)
+        self.assertEqual(
+            result.value("akoutpost_login_failures_total", provider="a", reason="header_provider_error"), 1
+        )
+        self.assertEqual(result.value("akoutpost_logins_total", provider="a"), 0)
+
+    def test_backchannelLogouts(self) -> None:
+        """
+        Back-channel logout requests are counted per provider: accepted when
+        the token was verified and its sessions ended, refused otherwise.
+        """
+        endpoint = "https://a.example.com/outpost.goauthentik.io/backchannel-logout"
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        now = int(self.world.clock.seconds())
+        claims = {
+            "iss": ISSUER,
+            "aud": "client-a",
+            "iat": now,
+            "exp": now + 120,
+            "jti": "jti-metrics",
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+            "sid": "sid-1",
+        }
+        client = ClientRegistration("client-a", "secret-a", ("https://a.example.com/cb",))
+        token = self.world.idp._sign(client, claims)
+        body = urlencode({"logout_token": token}).encode("ascii")
+        self.assertEqual(self.world.get(endpoint, form, method="POST", data=body)[0].code, 200)
+        # The same token again (a replay), a forged one, and a GET: refused.
+        self.assertEqual(self.world.get(endpoint, form, method="POST", data=body)[0].code, 400)
+        forged = urlencode({"logout_token": token[:-4] + "AAAA"}).encode("ascii")
+        self.assertEqual(self.world.get(endpoint, form, method="POST", data=forged)[0].code, 400)
+        self.assertEqual(self.world.get(endpoint)[0].code, 405)
+        result = scrape(self.main)
+        self.assertEqual(
+            result.value("akoutpost_backchannel_logouts_total", outpost_name="main", provider="a", outcome="accepted"),
+            1,
+        )
+        self.assertEqual(
+            result.value("akoutpost_backchannel_logouts_total", outpost_name="main", provider="a", outcome="refused"),
+            3,
+        )
+        self.assertEqual(result.value("akoutpost_backchannel_logouts_total", provider="b", outcome="refused"), 0)
 
     def test_upstreamRefused(self) -> None:
         self.world.login("https://a.example.com/")

@@ -11,14 +11,21 @@
 //                  "post_logout_redirect_uris": [...], "token_endpoint_auth_method": ...,
 //                  "backchannel_logout_uri": ..., "backchannel_logout_session_required": true}],
 //     "users": [{"username", "password", "sub", "name", "email", "groups": [...],
-//                "entitlements": [...], "ak_proxy": {...}}],
+//                "entitlements": [...], "ak_proxy": {...},
+//                "app_password": ...}],  // optional; see "appPasswordGrant"
 //     "requirePkce": false,         // optional; true makes PKCE mandatory for every client
 //     "ttl": {"IdToken": 3600, ...}, // optional; overrides of the token lifetimes, in seconds
 //     "hosts": {"a.test": "127.0.0.1"}, // optional; where the provider's own requests (the
 //                                   // back-channel logout POSTs) connect for these host
 //                                   // names; loopback is allowed (oidc-provider refuses it)
-//     "exitWithStdin": false        // optional; exit when standard input closes (set by
+//     "exitWithStdin": false,       // optional; exit when standard input closes (set by
 //                                   // the Python harness so an orphaned provider cannot linger)
+//     "introspection": false,       // optional; true enables token introspection (RFC 7662), whose
+//                                   // active answers for a user's access token carry the user's
+//                                   // claims, as authentik's do (see extraTokenClaims below)
+//     "appPasswordGrant": false     // optional; true adds the stand-in for authentik's
+//                                   // client_credentials grant with username and app password
+//                                   // (see appPasswordGrant below)
 //   }
 //
 // Listens on 127.0.0.1 only and prints exactly one line, "READY <port>", on
@@ -46,6 +53,7 @@ const MAX_FORM_BYTES = 64 * 1024;
 
 const CONFIG_KEYS = new Set([
   'port', 'issuerPath', 'clients', 'users', 'requirePkce', 'ttl', 'hosts', 'exitWithStdin',
+  'introspection', 'appPasswordGrant',
 ]);
 
 function fatal(message) {
@@ -95,7 +103,21 @@ function sendHtml(res, status, html) {
   res.end(body);
 }
 
-function readForm(req) {
+function sendJson(res, status, document) {
+  const body = Buffer.from(JSON.stringify(document), 'utf8');
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': body.length,
+    'Cache-Control': 'no-store',
+  });
+  res.end(body);
+}
+
+async function readForm(req) {
+  return new URLSearchParams(await readText(req));
+}
+
+function readText(req) {
   return new Promise((resolve, reject) => {
     const chunks = [];
     let size = 0;
@@ -108,7 +130,7 @@ function readForm(req) {
       }
       chunks.push(chunk);
     });
-    req.on('end', () => resolve(new URLSearchParams(Buffer.concat(chunks).toString('utf8'))));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
     req.on('error', reject);
   });
 }
@@ -127,6 +149,13 @@ function accountClaims(user) {
   };
 }
 
+const accountScopes = {
+  profile: ['name', 'preferred_username', 'nickname', 'groups'],
+  email: ['email', 'email_verified'],
+  entitlements: ['entitlements'],
+  ak_proxy: ['ak_proxy'],
+};
+
 function loginForm(uid, message) {
   const notice = message ? `<p class="error">${escapeHtml(message)}</p>\n` : '';
   return page('Sign-in', `${notice}<form method="post" action="${escapeHtml(`${prefix}/interaction/${uid}/login`)}">
@@ -139,7 +168,18 @@ function loginForm(uid, message) {
 function generateSigningKey() {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   const jwk = privateKey.export({ format: 'jwk' });
-  return { ...jwk, use: 'sig', alg: 'RS256', kid: crypto.randomUUID() };
+  return { privateKey, jwk: { ...jwk, use: 'sig', alg: 'RS256', kid: crypto.randomUUID() } };
+}
+
+// The provider's one signing key: oidc-provider signs its ID tokens with it,
+// and so does the app-password stand-in below.
+const signingKey = generateSigningKey();
+
+function signJwt(claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value), 'utf8').toString('base64url');
+  const input = `${encode({ alg: 'RS256', typ: 'JWT', kid: signingKey.jwk.kid })}.${encode(claims)}`;
+  const signature = crypto.sign('sha256', Buffer.from(input, 'ascii'), signingKey.privateKey);
+  return `${input}.${signature.toString('base64url')}`;
 }
 
 // The provider's outgoing requests (back-channel logout) with node:http, so
@@ -188,16 +228,10 @@ function providerConfiguration() {
       response_types: ['code'],
       ...client,
     })),
-    jwks: { keys: [generateSigningKey()] },
+    jwks: { keys: [signingKey.jwk] },
     cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
     // The claims authentik's default scope mappings release.
-    claims: {
-      openid: ['sub'],
-      profile: ['name', 'preferred_username', 'nickname', 'groups'],
-      email: ['email', 'email_verified'],
-      entitlements: ['entitlements'],
-      ak_proxy: ['ak_proxy'],
-    },
+    claims: { openid: ['sub'], ...accountScopes },
     scopes: ['openid', 'profile', 'email', 'entitlements', 'ak_proxy', 'offline_access'],
     // authentik puts the scope claims in the ID token, and the outpost reads
     // them from there; by default oidc-provider keeps them for userinfo only.
@@ -205,8 +239,16 @@ function providerConfiguration() {
     responseTypes: ['code'],
     pkce: { required: () => Boolean(config.requirePkce) },
     fetch: outgoingFetch,
+    // authentik's introspection answers carry the ID token's claims; here an
+    // access token issued for a user carries that user's claims in "extra",
+    // which oidc-provider's introspection answer includes.
+    extraTokenClaims: async (ctx, token) => {
+      const user = config.introspection && users.find((candidate) => candidate.sub === token.accountId);
+      return user ? accountClaims(user) : undefined;
+    },
     features: {
       devInteractions: { enabled: false },
+      introspection: { enabled: Boolean(config.introspection) },
       backchannelLogout: { enabled: true },
       rpInitiatedLogout: {
         enabled: true,
@@ -326,6 +368,57 @@ async function interaction(provider, req, res, uid, action) {
 
 const INTERACTION = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login))?(?:\?.*)?$/;
 
+// A stand-in for authentik's client_credentials grant with a username and an
+// app password (what authentik's outpost sends for "Authorization: Basic"),
+// which oidc-provider does not have.  Its semantics are authentik's: the
+// client is named by client_id and its secret is not checked; the password
+// must be the user's app password (never the account password).  The answer
+// carries an ID token for the user, signed with the provider's key, and an
+// access token that oidc-provider itself issued (so it can be introspected).
+// It runs before oidc-provider sees the request, since oidc-provider would
+// insist on client authentication first.
+async function appPasswordGrant(provider, res, form) {
+  const clientId = form.get('client_id');
+  let client;
+  try {
+    client = clientId ? await provider.Client.find(clientId) : undefined;
+  } catch {
+    client = undefined;
+  }
+  if (!client) {
+    sendJson(res, 401, { error: 'invalid_client', error_description: 'unknown client' });
+    return;
+  }
+  const user = users.find((candidate) => candidate.username === form.get('username'));
+  if (!user || !user.app_password || user.app_password !== form.get('password')) {
+    console.error(`app password refused for ${JSON.stringify(form.get('username'))}`);
+    sendJson(res, 400, { error: 'invalid_grant', error_description: 'invalid username or app password' });
+    return;
+  }
+  const scope = (form.get('scope') ?? '').split(' ').filter((name) => name === 'openid' || name in accountScopes).join(' ');
+  const lifetime = config.ttl?.IdToken ?? 3600;
+  const now = Math.floor(Date.now() / 1000);
+  const idToken = signJwt({
+    ...accountClaims(user),
+    iss: provider.issuer,
+    aud: clientId,
+    iat: now,
+    exp: now + lifetime,
+    auth_time: now,
+  });
+  const accessToken = new provider.AccessToken({
+    accountId: user.sub, client, scope, gty: 'client_credentials',
+  });
+  console.error(`app password grant for ${user.username} to ${clientId}`);
+  sendJson(res, 200, {
+    access_token: await accessToken.save(),
+    token_type: 'Bearer',
+    expires_in: lifetime,
+    id_token: idToken,
+    scope,
+  });
+}
+
 function makeHandler(provider) {
   const callback = provider.callback();
   return async (req, res) => {
@@ -339,6 +432,16 @@ function makeHandler(provider) {
     if (match) {
       await interaction(provider, req, res, match[1], match[2]);
       return;
+    }
+    if (config.appPasswordGrant && req.method === 'POST' && path === '/token') {
+      const body = await readText(req);
+      const form = new URLSearchParams(body);
+      if (form.get('grant_type') === 'client_credentials' && form.has('username')) {
+        await appPasswordGrant(provider, res, form);
+        return;
+      }
+      // Already read: oidc-provider takes a parsed body from req.body.
+      req.body = body;
     }
     // oidc-provider works out its mount path from originalUrl, as it does
     // when mounted by express or koa-mount.
