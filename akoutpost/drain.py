@@ -1,7 +1,10 @@
-# -*- test-case-name: tests.integration.test_shutdown -*-
+# -*- test-case-name: tests.integration.test_shutdown,tests.test_reload -*-
 """
-Graceful shutdown: on SIGTERM the listeners stop accepting, requests in
-flight get up to a deadline to finish, and only then does the process exit.
+Graceful stops: of the whole process on SIGTERM (L{Drain}), and of one
+listener that a config reload closes (L{ListenerSite}).
+
+On SIGTERM the listeners stop accepting, requests in flight get up to a
+deadline to finish, and only then does the process exit.
 
 twistd stops services from a "before shutdown" trigger and then drops every
 connection without flushing, so a response still being written would be cut
@@ -14,13 +17,17 @@ flushed) or the deadline passes.
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakSet
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.web.resource import IResource
 from twisted.web.server import Request
+
+from akoutpost.server import OutpostChannel, OutpostSite
 
 DEFAULT_DEADLINE = 30.0
 
@@ -85,3 +92,52 @@ class Drain(Service):
 
         waiter.addErrback(late)
         return waiter
+
+
+class ListenerSite(OutpostSite):
+    """
+    An L{OutpostSite} that knows its connections, so that a listener closed
+    by a config reload can be retired gracefully: nothing new is accepted
+    (the port is closed), requests in flight finish, and then their
+    connections close instead of being kept alive for more requests against
+    a configuration that is gone.  Upgraded connections (websockets) live
+    until either side closes them.
+    """
+
+    retired = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channels: WeakSet[OutpostChannel] = WeakSet()
+
+    def buildProtocol(self, addr: Any) -> OutpostChannel:  # type: ignore[override]
+        channel = super().buildProtocol(addr)
+        self._channels.add(channel)
+        return channel
+
+    def getResourceFor(self, request: Request) -> IResource:
+        if self.retired:
+            # A request whose head was still arriving at retirement: it is
+            # answered, then its connection closes.
+            request.channel.persistent = False
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return super().getResourceFor(request)
+
+    def retire(self) -> int:
+        """
+        Close idle connections now, and the others after their current
+        response.
+
+        @return: How many connections are still busy.
+        """
+        self.retired = True
+        busy = 0
+        for channel in list(self._channels):
+            if channel.transport is None or getattr(channel.transport, "disconnecting", False):
+                continue
+            if channel.requests:
+                channel.persistent = False
+                busy += 1
+            else:
+                channel.loseConnection()
+        return busy

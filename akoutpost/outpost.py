@@ -2,12 +2,19 @@
 """
 One outpost: its providers, its session store, and the root resource of its
 listeners, which picks the provider by the request's host.
+
+A config reload replaces an outpost's providers in two steps:
+L{Outpost.prepare} builds the next set (keeping the L{Application} of every
+provider whose config is unchanged) while the current one serves, and
+L{Outpost.apply} swaps it in at once.  Requests in flight keep the
+L{Application} they started with.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -17,13 +24,14 @@ from twisted.web.server import Request, Site
 
 from akoutpost.application import OUTPOST_PREFIX, Application
 from akoutpost.config import OutpostConfig, ProviderConfig, hostKey
-from akoutpost.drain import Drain
+from akoutpost.drain import Drain, ListenerSite
 from akoutpost.forward import configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
-from akoutpost.metrics import OutpostMetrics, RequestTimer
+from akoutpost.metrics import OutpostMetrics, ProviderMetrics, RequestTimer
 from akoutpost.oidc import OpenIDClient
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
+from akoutpost.reload import providerIdentity, sameClient, sameProvider
 from akoutpost.server import OutpostSite
 from akoutpost.session import SessionStore
 
@@ -67,6 +75,62 @@ def _agentFor(agents: IAgent | Callable[[ProviderConfig], IAgent], provider: Pro
     return agents(provider)
 
 
+def configureSite(site: OutpostSite, config: OutpostConfig) -> None:
+    """
+    Hold the clients of C{site} to the limits of C{config}; a site kept
+    across a config reload gets the new limits for its new connections.
+    """
+    site.headerTimeout = config.header_timeout
+    site.maxHeaderSize = config.max_header_size
+    site.timeOut = config.idle_timeout
+
+
+def inheritSecrets(new: Application, old: Application) -> None:
+    """
+    Let C{new} take over what C{old} signs and remembers with its secret:
+    the session and login cookies, login states in progress (and those
+    already redeemed), the remembered redirects and the logout tokens
+    seen.  Both must have the same key and the same configured cookie
+    secret; without a configured one, each L{Application} draws a random
+    secret, and a changed provider would otherwise sign out all its users.
+    """
+    new.sessionCookie = old.sessionCookie
+    new.loginCookie = old.loginCookie
+    new.states = old.states
+    new.redirectMemory = old.redirectMemory
+    new.seenLogoutTokens = old.seenLogoutTokens
+
+
+@dataclass
+class OutpostUpdate:
+    """
+    The next state of a running outpost, built by L{Outpost.prepare} and
+    swapped in by L{Outpost.apply}.
+
+    @ivar applications: The providers by external host key: unchanged ones
+        are the running L{Application} objects, the others new.
+    @ivar fresh: The new L{Application} objects (their metrics series are
+        created when the update is applied, not before).
+    @ivar endSessions: The provider keys whose sessions end: removed
+        providers, and changed ones whose sessions cannot carry over.
+    @ivar startClients: OpenID clients to start (new providers, or changed
+        ones with another issuer, client id or secret).
+    @ivar stopClients: OpenID clients no provider uses any more.
+    """
+
+    config: OutpostConfig
+    metrics: OutpostMetrics
+    applications: dict[str, Application]
+    fresh: list[Application] = field(default_factory=list)
+    endSessions: set[str] = field(default_factory=set)
+    startClients: list[OpenIDClient] = field(default_factory=list)
+    stopClients: list[OpenIDClient] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
 class Outpost:
     """
     The running state of one outpost: every provider's L{Application} and the
@@ -89,41 +153,144 @@ class Outpost:
         """
         self.config = config
         self.clock = clock
+        self.upstreamAgent = upstreamAgent
+        self.providerAgent = providerAgent
         self.drain: Drain | None = None
         self.store = SessionStore(clock)
         self.metrics = OutpostMetrics(config.name, config.key, clock, self.store.liveByProvider)
         self.store.onEvict = self.metrics.evicted
         self.applications: dict[str, Application] = {}
         for provider in config.providers:
-            client = OpenIDClient(
+            app = self._application(provider, config, self.metrics)
+            self._register(app)
+            self.applications[provider.externalHostKey] = app
+        self._domains = _domainsOf(self.applications)
+
+    def _application(
+        self,
+        provider: ProviderConfig,
+        config: OutpostConfig,
+        metrics: OutpostMetrics,
+        oidc: OpenIDClient | None = None,
+    ) -> Application:
+        """
+        A new L{Application} for C{provider}, with a new OpenID client unless
+        one is given; nothing is registered in C{metrics} yet.
+        """
+        if oidc is None:
+            oidc = OpenIDClient(
                 provider.issuer,
                 provider.client_id,
                 provider.client_secret,
-                providerAgent,
-                clock,
+                self.providerAgent,
+                self.clock,
                 label=f"outpost {config.key!r}, provider {provider.name!r}",
             )
-            proxy = None
-            metrics = self.metrics.provider(provider.name, provider.externalHostKey, provider.mode == "proxy")
-            if provider.mode == "proxy":
-                agent = _agentFor(upstreamAgent, provider)
-                proxy = UpstreamProxy(
-                    provider.internal_host,
-                    agent,
-                    clock,
-                    responseTimeout=provider.upstream_response_timeout,
-                    metrics=metrics,
-                )
-            app = Application(provider, config.name, self.store, client, clock, proxy, self.isTrusted)
-            app.metrics = metrics
-            self.metrics.countSessions(provider.name, app.key)
-            self.applications[provider.externalHostKey] = app
+        hooks = ProviderMetrics(metrics, provider.name, provider.externalHostKey)
+        proxy = None
+        if provider.mode == "proxy":
+            proxy = UpstreamProxy(
+                provider.internal_host,
+                _agentFor(self.upstreamAgent, provider),
+                self.clock,
+                responseTimeout=provider.upstream_response_timeout,
+                metrics=hooks,
+            )
+        app = Application(provider, config.name, self.store, oidc, self.clock, proxy, self.isTrusted)
+        app.metrics = hooks
+        return app
 
-        self._domains = [
-            (app.config.cookie_domain, app)
-            for app in self.applications.values()
-            if app.config.mode == "forward_domain" and app.config.cookie_domain
-        ]
+    def _register(self, app: Application) -> None:
+        """
+        Create the metrics series of C{app}'s provider (at 0) and count its
+        sessions.
+        """
+        provider = app.config
+        metrics = app.metrics.outpost
+        assert metrics is not None
+        metrics.provider(provider.name, provider.externalHostKey, provider.mode == "proxy")
+        metrics.countSessions(provider.name, app.key)
+
+    def prepare(self, config: OutpostConfig) -> OutpostUpdate:
+        """
+        Build the providers of C{config} without touching the running ones.
+
+        A provider is matched with a running one by client id and external
+        host.  One whose config is unchanged (its position in the list
+        aside) keeps its L{Application}, so its OpenID client (discovery,
+        keys), login states and sessions, unless the outpost's name changed
+        (it is in every provider's headers and metrics).  A changed one gets
+        a new L{Application}; its OpenID client is kept when the issuer,
+        client id and secret are, its secrets and sessions when its key and
+        configured cookie secret are, and its sessions also need the same
+        issuer.
+        """
+        renamed = config.name != self.config.name
+        metrics = self.metrics
+        if renamed:
+            metrics = OutpostMetrics(config.name, config.key, self.clock, self.store.liveByProvider)
+        running = {providerIdentity(app.config): app for app in self.applications.values()}
+        update = OutpostUpdate(config, metrics, {})
+        for provider in config.providers:
+            previous = running.pop(providerIdentity(provider), None)
+            if previous is None:
+                app = self._application(provider, config, metrics)
+                update.added.append(provider.name)
+            elif sameProvider(previous.config, provider) and not renamed:
+                app = previous
+                update.unchanged.append(provider.name)
+            else:
+                oidc = previous.oidc if sameClient(previous.config, provider) else None
+                app = self._application(provider, config, metrics, oidc)
+                if sameProvider(previous.config, provider):
+                    update.unchanged.append(provider.name)
+                else:
+                    update.changed.append(provider.name)
+                if app.key == previous.key and app.config.cookie_secret == previous.config.cookie_secret:
+                    inheritSecrets(app, previous)
+                    if app.config.issuer != previous.config.issuer:
+                        update.endSessions.add(previous.key)
+                else:
+                    update.endSessions.add(previous.key)
+            if app is not previous:
+                update.fresh.append(app)
+            update.applications[provider.externalHostKey] = app
+        for gone in running.values():
+            update.removed.append(gone.config.name)
+            update.endSessions.add(gone.key)
+        before = {id(c): c for c in self.oidcClients}
+        after = {id(app.oidc): app.oidc for app in update.applications.values()}
+        update.startClients = [c for i, c in after.items() if i not in before]
+        update.stopClients = [c for i, c in before.items() if i not in after]
+        return update
+
+    def apply(self, update: OutpostUpdate) -> None:
+        """
+        Serve C{update} from now on: new requests see the new providers,
+        settings and metrics; sessions that cannot carry over end.  The
+        OpenID clients are started and stopped by the caller, which knows
+        whether the outpost runs.
+        """
+        if update.metrics is not self.metrics:
+            self.metrics.stopped()
+            self.metrics = update.metrics
+            self.store.onEvict = update.metrics.evicted
+        self.config = update.config
+        self.applications = update.applications
+        self._domains = _domainsOf(update.applications)
+        for app in update.fresh:
+            self._register(app)
+            # A kept OpenID client logs under the provider's current name.
+            app.oidc.label = f"outpost {self.config.key!r}, provider {app.config.name!r}"
+        for key in sorted(update.endSessions):
+            ended = self.store.removeProvider(key)
+            if ended:
+                self.log.info(
+                    "outpost {outpost}: {count} session(s) of provider {provider} ended by the reload",
+                    outpost=self.config.key,
+                    count=ended,
+                    provider=key,
+                )
 
     @property
     def oidcClients(self) -> Sequence[OpenIDClient]:
@@ -196,14 +363,20 @@ class Outpost:
             site = siteFactory(OutpostResource(self))
             site.displayTracebacks = False
             return site
-        return OutpostSite(
-            OutpostResource(self),
-            bodyLimit=self.maxBodySize,
-            headerTimeout=self.config.header_timeout,
-            maxHeaderSize=self.config.max_header_size,
-            idleTimeout=self.config.idle_timeout,
-            reactor=self.clock,
-        )
+        outpostSite = ListenerSite(OutpostResource(self), bodyLimit=self.maxBodySize, reactor=self.clock)
+        configureSite(outpostSite, self.config)
+        return outpostSite
+
+
+def _domainsOf(applications: Mapping[str, Application]) -> list[tuple[str, Application]]:
+    """
+    The domain-level providers with their cookie domains.
+    """
+    return [
+        (app.config.cookie_domain, app)
+        for app in applications.values()
+        if app.config.mode == "forward_domain" and app.config.cookie_domain
+    ]
 
 
 class OutpostResource(Resource):

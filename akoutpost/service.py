@@ -1,44 +1,55 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_service,tests.test_reload -*-
 """
 The service tree twistd runs: one root L{MultiService} holding the shared HTTP
 connection pool and one L{OutpostService} per configured outpost, each with
 its own listeners (the metrics one included), its providers' OpenID clients
 and its session sweeper.
+
+SIGHUP reloads the configuration file (L{akoutpost.reload}): an outpost
+prepares its next state with L{OutpostService.prepare} and swaps it in with
+L{OutpostService.commit}.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http import Request
 from twisted.web.iweb import IAgent
-from twisted.web.server import Site
+from zope.interface import implementer
 
 from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
-from akoutpost.drain import Drain
-from akoutpost.metrics import MetricsResource
-from akoutpost.outpost import Outpost
+from akoutpost.drain import Drain, ListenerSite
+from akoutpost.metrics import MetricsResource, OutpostMetrics
+from akoutpost.outpost import Outpost, OutpostUpdate, configureSite
 from akoutpost.proxy import UpstreamClientFactory
-from akoutpost.server import OutpostSite
+from akoutpost.reload import ConfigReloader
 from akoutpost.tls import CertificateError, CertificateStore, upstreamPolicy
 
 SWEEP_INTERVAL = 60.0
 #: The largest request body the metrics listener accepts (it wants none).
 METRICS_BODY_LIMIT = 1024
+#: The listener fields of an outpost, in the order they are opened.
+LISTENER_FIELDS = ("http", "https", "metrics")
 
 
-class MetricsSite(OutpostSite):
+class MetricsSite(ListenerSite):
     """
     The site of a metrics listener: held to the outpost's client limits, and
     writing no access log line for every scrape.
@@ -48,12 +59,157 @@ class MetricsSite(OutpostSite):
         pass
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class CurrentCertificates:
+    """
+    The TLS of an HTTPS listener, from whichever L{CertificateStore} is
+    current: a reload swaps C{store} and the same port serves the new
+    certificates to new connections.
+    """
+
+    def __init__(self, store: CertificateStore) -> None:
+        self.store = store
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return self.store.serverCreator().serverConnectionForTLS(tlsProtocol)
+
+
+class Listener(StreamServerEndpointService):
+    """
+    One listening port of an outpost.  It can be opened before it joins the
+    service tree (a reload opens its new ports before it swaps anything) and
+    closed without leaving it; opening it again after a close listens again.
+
+    @ivar field: C{"http"}, C{"https"} or C{"metrics"}.
+    @ivar description: The endpoint string it listens on.
+    @ivar port: The listening port while open.
+    @ivar tls: Where an HTTPS listener takes its certificates from.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        outpost: str,
+        field: str,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        site: ListenerSite,
+        tls: CurrentCertificates | None = None,
+    ) -> None:
+        super().__init__(endpoint, site)
+        self.outpost = outpost
+        self.field = field
+        self.description = description
+        self.site = site
+        self.tls = tls
+        self.port: IListeningPort | None = None
+
+    @property
+    def where(self) -> str:
+        return f"outpost {self.outpost!r}, field {self.field!r}"
+
+    def open(self) -> None:
+        """
+        Listen now, unless already listening.
+
+        @raise Exception: Whatever the endpoint failed with (a port in use
+            is a L{twisted.internet.error.CannotListenError}).
+        """
+        if self._waitingForPort is not None:
+            return
+        d = self.endpoint.listen(self.factory)
+        failures: list[Failure] = []
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            return port
+
+        def failed(failure: Failure) -> None:
+            if not opening:
+                self.log.failure(
+                    "{where}: cannot listen on {endpoint}", failure, where=self.where, endpoint=self.description
+                )
+            failures.append(failure)
+
+        opening = True
+        d.addCallbacks(listening, failed)
+        opening = False
+        if failures:
+            failures[0].raiseException()
+        self._waitingForPort = d
+
+    def closePort(self) -> Deferred[None]:
+        """
+        Stop listening; connections already accepted stay open.
+        """
+        waiting, self._waitingForPort = self._waitingForPort, None
+        port, self.port = self.port, None
+        if waiting is None:
+            return succeed(None)
+        if port is None:
+            waiting.cancel()
+            return succeed(None)
+        return maybeDeferred(port.stopListening).addCallback(lambda _: None)
+
+    def retire(self) -> None:
+        """
+        After the port is closed: end the connections it accepted, each once
+        its request in flight is answered.
+        """
+        busy = self.site.retire()
+        if busy:
+            self.log.info(
+                "{where}: {count} connection(s) on {endpoint} close once answered",
+                where=self.where,
+                count=busy,
+                endpoint=self.description,
+            )
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self.open()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.open()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.closePort()
+
+
+@dataclass
+class OutpostPlan:
+    """
+    The next state of a running outpost (see L{OutpostService.prepare}).
+
+    @ivar listeners: The listener of each field after the reload: the
+        running one when its endpoint string is unchanged, else a new one.
+    @ivar opening: The new listeners (not yet open).
+    @ivar closing: The running listeners that go.
+    """
+
+    config: OutpostConfig
+    update: OutpostUpdate
+    certificates: CertificateStore | None
+    listeners: dict[str, Listener | None] = field(default_factory=dict)
+    opening: list[Listener] = field(default_factory=list)
+    closing: list[Listener] = field(default_factory=list)
+
+
+def _hostnames(config: OutpostConfig) -> frozenset[str]:
+    return frozenset((urlsplit(p.external_host).hostname or "").lower().rstrip(".") for p in config.providers)
+
+
+def _hasCertificates(config: OutpostConfig) -> bool:
+    return bool(config.certificate) or any(p.certificate for p in config.providers)
+
+
 class OutpostService(MultiService):
     """
     One outpost: its listeners, its OpenID clients and its session sweeper.
 
-    @ivar listeners: The HTTP and HTTPS listeners.
-    @ivar metricsListener: The metrics listener, if the outpost has one.
     @ivar certificates: The HTTPS listener's certificates, if it has one.
     """
 
@@ -66,55 +222,180 @@ class OutpostService(MultiService):
         upstreamAgent: IAgent | Callable[[ProviderConfig], IAgent],
         providerAgent: IAgent,
     ) -> None:
+        """
+        @raise ConfigError: A certificate cannot be used.
+        """
         super().__init__()
         self.setName(config.key)
         self.config = config
         self.reactor = reactor
         self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent)
         self._sweeper: LoopingCall | None = None
-        self.listeners: list[StreamServerEndpointService] = []
-        self.httpsListener: StreamServerEndpointService | None = None
-        self.metricsListener: StreamServerEndpointService | None = None
         self.certificates: CertificateStore | None = None
-        site = self.outpost.site()
-        if config.http:
-            self._listen(serverFromString(reactor, config.http), site)
-        if config.https:
-            try:
-                self.certificates = CertificateStore(config, reactor)
-            except CertificateError as e:
-                raise ConfigError([str(e)]) from None
-            endpoint = wrapServerTLS(self.certificates.serverCreator(), serverFromString(reactor, config.https))
-            self.httpsListener = self._listen(endpoint, site)
-        if config.metrics:
-            metricsSite = MetricsSite(
-                MetricsResource(self.outpost.metrics),
-                bodyLimit=lambda request: METRICS_BODY_LIMIT,
-                headerTimeout=config.header_timeout,
-                maxHeaderSize=config.max_header_size,
-                idleTimeout=config.idle_timeout,
-                reactor=reactor,
+        self.certificates = self._certificatesFor(config)
+        self.httpListener: Listener | None = None
+        self.httpsListener: Listener | None = None
+        self.metricsListener: Listener | None = None
+        for name in LISTENER_FIELDS:
+            description = getattr(config, name)
+            if description:
+                listener = self._newListener(name, description, config, self.outpost.metrics, self.certificates)
+                listener.setServiceParent(self)
+                setattr(self, f"{name}Listener", listener)
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """
+        The HTTP and HTTPS listeners.
+        """
+        return [listener for listener in (self.httpListener, self.httpsListener) if listener is not None]
+
+    @property
+    def allListeners(self) -> list[Listener]:
+        """
+        Every listener, the metrics one included.
+        """
+        return [*self.listeners, *([self.metricsListener] if self.metricsListener is not None else [])]
+
+    def _certificatesFor(self, config: OutpostConfig) -> CertificateStore | None:
+        """
+        The certificates of C{config}'s HTTPS listener, read from their files
+        again; a generated certificate is kept while the outpost has no
+        configured one and its external host names stay the same, so that
+        browsers that accepted it are not asked again.
+
+        @raise ConfigError: A certificate cannot be used.
+        """
+        if not config.https:
+            return None
+        current = self.certificates
+        if (
+            current is not None
+            and current.generated
+            and not _hasCertificates(config)
+            and _hostnames(current.outpost) == _hostnames(config)
+        ):
+            return current
+        try:
+            return CertificateStore(config, self.reactor)
+        except CertificateError as e:
+            raise ConfigError([str(e)]) from None
+
+    def _newListener(
+        self,
+        name: str,
+        description: str,
+        config: OutpostConfig,
+        metrics: OutpostMetrics,
+        certificates: CertificateStore | None,
+    ) -> Listener:
+        """
+        A listener (not open yet) for the field C{name}, with a site of its
+        own held to C{config}'s limits.
+        """
+        endpoint = serverFromString(self.reactor, description)
+        tls = None
+        site: ListenerSite
+        if name == "metrics":
+            site = MetricsSite(
+                MetricsResource(metrics), bodyLimit=lambda request: METRICS_BODY_LIMIT, reactor=self.reactor
             )
-            self.metricsListener = StreamServerEndpointService(serverFromString(reactor, config.metrics), metricsSite)
-            self.metricsListener._raiseSynchronously = True
-            self.metricsListener.setServiceParent(self)
+        else:
+            site = self.outpost.site()  # type: ignore[assignment]
+        configureSite(site, config)
+        if name == "https":
+            assert certificates is not None
+            tls = CurrentCertificates(certificates)
+            endpoint = wrapServerTLS(tls, endpoint)
+        return Listener(config.key, name, description, endpoint, site, tls)
 
-    def _listen(self, endpoint: IStreamServerEndpoint, site: Site) -> StreamServerEndpointService:
-        listener = StreamServerEndpointService(endpoint, site)
-        listener._raiseSynchronously = True  # a port in use stops startup loudly
-        listener.setServiceParent(self)
-        self.listeners.append(listener)
-        return listener
+    def prepare(self, config: OutpostConfig) -> OutpostPlan:
+        """
+        Build the outpost's next state for C{config} while the current one
+        serves: providers (L{Outpost.prepare}), certificates, and a new
+        listener for each endpoint string that changed.
 
-    def startService(self) -> None:
+        @raise ConfigError: A certificate cannot be used.
+        """
+        update = self.outpost.prepare(config)
+        plan = OutpostPlan(config, update, self._certificatesFor(config))
+        for name in LISTENER_FIELDS:
+            current: Listener | None = getattr(self, f"{name}Listener")
+            description = getattr(config, name)
+            if current is not None and current.description == description:
+                plan.listeners[name] = current
+                continue
+            if current is not None:
+                plan.closing.append(current)
+            listener = None
+            if description:
+                listener = self._newListener(name, description, config, update.metrics, plan.certificates)
+                plan.opening.append(listener)
+            plan.listeners[name] = listener
+        return plan
+
+    def commit(self, plan: OutpostPlan) -> None:
+        """
+        Serve C{plan} from now on; its new listeners are open already.
+        Kept listeners serve the new state to their next requests and hold
+        new connections to the new limits; closed ones let their requests in
+        flight finish.
+        """
+        self.outpost.apply(plan.update)
+        self.certificates = plan.certificates
+        for listener in plan.listeners.values():
+            if listener is None or listener in plan.opening:
+                continue
+            configureSite(listener.site, plan.config)
+            resource = listener.site.resource
+            if isinstance(resource, MetricsResource) and resource.metrics is not plan.update.metrics:
+                listener.site.resource = MetricsResource(plan.update.metrics)
+            if listener.tls is not None and plan.certificates is not None:
+                listener.tls.store = plan.certificates
+        for listener in plan.closing:
+            self._stopping(self.removeService(listener), listener)
+            listener.retire()
+        for listener in plan.opening:
+            listener.setServiceParent(self)
+        for name, listener in plan.listeners.items():
+            setattr(self, f"{name}Listener", listener)
+        self.config = plan.config
+        if self.running:
+            for client in plan.update.stopClients:
+                client.stop()
+            for client in plan.update.startClients:
+                client.start()
+            self.outpost.metrics.started()
+            self._warnAboutCertificates()
+
+    def retire(self) -> None:
+        """
+        For an outpost a reload removed, after its listeners closed: end its
+        connections once their requests in flight are answered.
+        """
+        for listener in self.allListeners:
+            listener.retire()
+
+    def _stopping(self, d: Deferred[None] | None, listener: Listener) -> None:
+        if d is not None:
+            d.addErrback(
+                lambda f: self.log.failure(
+                    "{where}: error while closing {endpoint}", f, where=listener.where, endpoint=listener.description
+                )
+            )
+
+    def _warnAboutCertificates(self) -> None:
         if self.certificates is not None:
             for problem in self.certificates.problems():
                 self.log.warn("{problem}", problem=problem)
-            if self.certificates.generated:
-                self.log.info(
-                    "outpost {outpost}: no certificate configured; serving a generated self-signed one",
-                    outpost=self.config.key,
-                )
+
+    def startService(self) -> None:
+        self._warnAboutCertificates()
+        if self.certificates is not None and self.certificates.generated:
+            self.log.info(
+                "outpost {outpost}: no certificate configured; serving a generated self-signed one",
+                outpost=self.config.key,
+            )
         super().startService()
         self.outpost.metrics.started()
         for client in self.outpost.oidcClients:
@@ -152,20 +433,85 @@ class OutpostService(MultiService):
         return super().stopService()
 
 
+class UpstreamAgents:
+    """
+    The agents that send to upstreams: one per TLS policy and connect
+    timeout, over one connection pool per TLS policy.
+
+    A pool per TLS policy because pooled connections are keyed by scheme,
+    host and port only: a connection opened without verification must never
+    serve a provider that verifies.
+    """
+
+    def __init__(
+        self, reactor: Any, newPool: Callable[[], HTTPConnectionPool], defaultPool: HTTPConnectionPool
+    ) -> None:
+        self.reactor = reactor
+        self._newPool = newPool
+        self._pools: dict[tuple[bool, str], HTTPConnectionPool] = {(True, ""): defaultPool}
+        self._agents: dict[tuple[bool, str, float], IAgent] = {}
+
+    def __call__(self, provider: ProviderConfig) -> IAgent:
+        policy = (provider.internal_host_ssl_validation, provider.internal_host_ca)
+        pool = self._pools.get(policy)
+        if pool is None:
+            pool = self._pools[policy] = self._newPool()
+        key = (*policy, provider.upstream_connect_timeout)
+        if key not in self._agents:
+            self._agents[key] = Agent(
+                self.reactor,
+                contextFactory=upstreamPolicy(*policy),
+                connectTimeout=provider.upstream_connect_timeout,
+                pool=pool,
+            )
+        return self._agents[key]
+
+    def retune(self, providers: Iterable[ProviderConfig]) -> None:
+        """
+        Give each pool the shortest idle timeout of the providers using it,
+        so that no pooled connection outlives the keep-alive of any of their
+        upstreams.
+        """
+        idle: dict[tuple[bool, str], float] = {}
+        for provider in providers:
+            policy = (provider.internal_host_ssl_validation, provider.internal_host_ca)
+            idle[policy] = min(idle.get(policy, provider.upstream_idle_timeout), provider.upstream_idle_timeout)
+        for policy, seconds in idle.items():
+            pool = self._pools.get(policy)
+            if pool is not None:
+                # (Twisted annotates it as int; any number of seconds works.)
+                pool.cachedConnectionTimeout = seconds  # type: ignore[assignment]
+
+
 class AkOutpostService(MultiService):
     """
     The root service: shared HTTP agents and every outpost.  SIGHUP reloads
-    every outpost's certificates.
+    the configuration file (and so every certificate); without one (the
+    demo) it reloads the certificate files.
+
+    @ivar configPath: The file the configuration was read from, if any.
+    @ivar reloader: Reloads it, when there is one.
     """
 
     log = Logger()
 
     def __init__(
-        self, config: Config, reactor: Any, *, upstreamAgent: IAgent | None = None, providerAgent: IAgent | None = None
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        upstreamAgent: IAgent | None = None,
+        providerAgent: IAgent | None = None,
+        configPath: str | None = None,
     ) -> None:
+        """
+        @raise ConfigError: A certificate cannot be used.
+        """
         super().__init__()
         self.setName("akoutpost")
         self.reactor = reactor
+        self.config = config
+        self.configPath = configPath
         # The first child, so it is stopped last: after every listener.
         self.drain = Drain(reactor)
         self.drain.setServiceParent(self)
@@ -173,43 +519,14 @@ class AkOutpostService(MultiService):
         self.pool = self._newPool()
         if providerAgent is None:
             providerAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
-        agents: dict[tuple[bool, str, float], IAgent] = {}
-        pools: dict[tuple[bool, str], HTTPConnectionPool] = {}
-
-        def agentFor(provider: ProviderConfig) -> IAgent:
-            if upstreamAgent is not None:
-                return upstreamAgent
-            policy = (provider.internal_host_ssl_validation, provider.internal_host_ca)
-            pool = pools.get(policy)
-            if pool is None:
-                # A pool per TLS policy: pooled connections are keyed by
-                # scheme, host and port only, so a connection opened without
-                # verification must never serve a provider that verifies.
-                pool = pools[policy] = self.pool if policy == (True, "") else self._newPool()
-                # (Twisted annotates it as int; any number of seconds works.)
-                pool.cachedConnectionTimeout = provider.upstream_idle_timeout  # type: ignore[assignment]
-            else:
-                # The providers sharing a pool share its idle timeout: the
-                # shortest, so that no pooled connection outlives the
-                # keep-alive of any of their upstreams.
-                idle = min(pool.cachedConnectionTimeout, provider.upstream_idle_timeout)
-                pool.cachedConnectionTimeout = idle  # type: ignore[assignment]
-            key = (*policy, provider.upstream_connect_timeout)
-            if key not in agents:
-                agents[key] = Agent(
-                    reactor,
-                    contextFactory=upstreamPolicy(*policy),
-                    connectTimeout=provider.upstream_connect_timeout,
-                    pool=pool,
-                )
-            return agents[key]
-
+        self.providerAgent = providerAgent
+        self.agents = UpstreamAgents(reactor, self._newPool, self.pool)
+        self.upstreamAgent: IAgent | UpstreamAgents = upstreamAgent if upstreamAgent is not None else self.agents
         self.outposts: dict[str, OutpostService] = {}
         for outpost in config.outposts:
-            service = OutpostService(outpost, reactor, agentFor, providerAgent)
-            service.outpost.drain = self.drain
-            service.setServiceParent(self)
-            self.outposts[outpost.key] = service
+            self.addOutpost(self.newOutpost(outpost))
+        self.agents.retune(p for outpost in config.outposts for p in outpost.providers)
+        self.reloader = ConfigReloader(self, configPath) if configPath else None
         self._previousHandler: Any = None
 
     def _newPool(self) -> HTTPConnectionPool:
@@ -220,20 +537,67 @@ class AkOutpostService(MultiService):
         self.pools.append(pool)
         return pool
 
+    def newOutpost(self, config: OutpostConfig) -> OutpostService:
+        """
+        Build (not start) the service of an outpost.
+
+        @raise ConfigError: A certificate cannot be used.
+        """
+        service = OutpostService(config, self.reactor, self.upstreamAgent, self.providerAgent)
+        service.outpost.drain = self.drain
+        return service
+
+    def addOutpost(self, service: OutpostService) -> None:
+        """
+        Run C{service} as one of the outposts (started now if the root runs).
+        """
+        service.setServiceParent(self)
+        self.outposts[service.config.key] = service
+
+    def removeOutpost(self, service: OutpostService) -> None:
+        """
+        Stop an outpost: its listeners close at once, its requests in flight
+        finish, then their connections close.
+        """
+        del self.outposts[service.config.key]
+        d = service.disownServiceParent()
+        service.retire()
+        if isinstance(d, Deferred):
+            d.addErrback(
+                lambda f: self.log.failure("error while stopping outpost {outpost}", f, outpost=service.config.key)
+            )
+
     def reloadCertificates(self) -> None:
         """
-        Read every outpost's certificate files again (what SIGHUP does);
-        connections already open keep their certificates.
+        Read every outpost's certificate files again (what SIGHUP does
+        without a configuration file); connections already open keep their
+        certificates.
         """
         for outpost in self.outposts.values():
             if outpost.certificates is not None:
                 outpost.certificates.reload()
 
+    def reload(self) -> Deferred[bool]:
+        """
+        What SIGHUP does: read the configuration file again and apply it
+        (L{ConfigReloader}), or, without one, reload the certificates.
+
+        @return: Fires with whether a new configuration was applied.
+        """
+        if not self.running:
+            self.log.info("not reloading: akoutpost is not running")
+            return succeed(False)
+        if self.reloader is None:
+            self.log.info("no configuration file to read again; reloading the certificate files")
+            self.reloadCertificates()
+            return succeed(False)
+        return self.reloader.reload()
+
     def startService(self) -> None:
         super().startService()
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
             self._previousHandler = signal.signal(
-                signal.SIGHUP, lambda number, frame: self.reactor.callFromThread(self.reloadCertificates)
+                signal.SIGHUP, lambda number, frame: self.reactor.callFromThread(self.reload)
             )
 
     def stopService(self) -> Deferred[None] | None:

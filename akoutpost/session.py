@@ -180,6 +180,19 @@ class SessionStore:
             self._remove(sessionId)
         return len(ids)
 
+    def removeProvider(self, providerKey: str) -> int:
+        """
+        End every session of one provider (by its key): what a config
+        reload does when the provider is removed, or changed in a way that
+        makes its sessions meaningless (another issuer or cookie secret).
+
+        @return: How many sessions ended.
+        """
+        ids = [s.sessionId for s in self._sessions.values() if s.providerKey == providerKey]
+        for sessionId in ids:
+            self._remove(sessionId)
+        return len(ids)
+
     def sweep(self) -> int:
         """
         Drop every expired session.

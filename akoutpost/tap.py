@@ -4,10 +4,12 @@ The C{twistd akoutpost} command: its options and the service it builds.
 
 The config file is read and checked while the options are parsed, so a bad
 file ends the process with one line per problem before anything listens.
+Its absolute path is handed to the service, which reads it again on SIGHUP.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -58,4 +60,4 @@ def makeService(options: Any) -> IService:
     from akoutpost.service import AkOutpostService
 
     assert options.parsed is not None
-    return AkOutpostService(options.parsed, reactor)
+    return AkOutpostService(options.parsed, reactor, configPath=os.path.abspath(options["config"]))

@@ -191,6 +191,25 @@ class MakeServiceTests(SynchronousTestCase):
             self.assertFalse(child.running)
         self.assertFalse(service.running)
 
+    def test_configFileReadAgainOnSighup(self) -> None:
+        """
+        The service is told where its file is (an absolute path, whatever
+        directory the process is in later), so that SIGHUP reads it again.
+        """
+        path = self.mktemp()
+        writeFile(path, '[outposts.main]\nhttp = "tcp:0:interface=127.0.0.1"\n' + PROVIDER.format(key="main"))
+        options = Options()
+        options.parseOptions(["--config", path])
+        service = makeService(options)
+        self.assertEqual(service.configPath, os.path.abspath(path))  # type: ignore[attr-defined]
+        self.assertIsNotNone(service.reloader)  # type: ignore[attr-defined]
+
+    def test_demoHasNoFileToReadAgain(self) -> None:
+        options = Options()
+        options.parseOptions(["--demo", "--demo-port", "9100"])
+        service = makeService(options)
+        self.assertIsNone(service.outposts.reloader)  # type: ignore[attr-defined]
+
 
 class Twistd(ProcessProtocol):
     """
