@@ -193,6 +193,23 @@ class Application:
             lambda reason: self.metrics.loginFailure(reason),
         )
 
+    def inheritSecrets(self, old: Application) -> None:
+        """
+        Take over what C{old} signs and remembers with its secret (a config
+        reload changed the provider): the session and login cookies, login
+        states in progress (and those already redeemed), the remembered
+        redirects and the logout tokens seen.  Both must have the same key
+        and the same configured cookie secret; without a configured one,
+        each L{Application} draws a random secret, and a changed provider
+        would otherwise sign out all its users.  Every attribute derived
+        from the secret is set here and in L{__init__} only.
+        """
+        self.sessionCookie = old.sessionCookie
+        self.loginCookie = old.loginCookie
+        self.states = old.states
+        self.redirectMemory = old.redirectMemory
+        self.seenLogoutTokens = old.seenLogoutTokens
+
     # Dispatch
 
     def render(self, request: Request) -> bytes | int:

@@ -15,7 +15,7 @@ method is counted as C{other}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -56,6 +56,8 @@ LOGIN_FAILURE_REASONS = (
 )
 #: The C{outcome} label of C{akoutpost_backchannel_logouts_total}.
 BACKCHANNEL_OUTCOMES = ("accepted", "refused")
+#: The values of C{akoutpost_config_reloads}' C{outcome} label.
+RELOAD_OUTCOMES = ("applied", "refused")
 
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"})
 _T = TypeVar("_T")
@@ -101,6 +103,13 @@ class _WithoutCreated:
         for family in self.registry.collect():
             family.samples = [s for s in family.samples if not s.name.endswith("_created")]
             yield family
+
+
+def _removeSeries(metric: Counter, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
 
 
 class _SessionsCollector:
@@ -220,6 +229,14 @@ class OutpostMetrics:
             ["outpost_name", "provider", "outcome"],
             registry=registry,
         )
+        self.configReloads = Counter(
+            "akoutpost_config_reloads",
+            "Configuration reloads (SIGHUP): applied, or refused with the running configuration kept",
+            ["outpost_name", "outcome"],
+            registry=registry,
+        )
+        for outcome in RELOAD_OUTCOMES:
+            self.configReloads.labels(outpostName, outcome)
         self.evictions.labels(outpostName)
         self.info.labels(*self._identity()).set(1)
         self.connection.labels(outpostName, OUTPOST_TYPE, uuid).set(0)
@@ -236,6 +253,34 @@ class OutpostMetrics:
 
     def stopped(self) -> None:
         self.connection.labels(self.name, OUTPOST_TYPE, self.uuid).set(0)
+
+    def configReloaded(self, applied: bool) -> None:
+        """
+        Count a configuration reload; an applied one is also the outpost's
+        C{last_update}.
+        """
+        self.configReloads.labels(self.name, "applied" if applied else "refused").inc()
+        if applied:
+            self.lastUpdate.labels(*self._identity()).set(self.clock.seconds())
+
+    def forgetProviders(self, names: Iterable[str], liveKeys: Collection[str]) -> None:
+        """
+        Drop the series of the providers called C{names} (gone after a
+        reload), and stop counting sessions under provider keys that are
+        not in C{liveKeys}.
+        """
+        for name in names:
+            self._sessionKeys.pop(name, None)
+            for counter in (self.logins, self.signOuts):
+                _removeSeries(counter, self.name, name)
+            for reason in LOGIN_FAILURE_REASONS:
+                _removeSeries(self.loginFailures, self.name, name, reason)
+            for outcome in BACKCHANNEL_OUTCOMES:
+                _removeSeries(self.backchannelLogouts, self.name, name, outcome)
+            for kind in UPSTREAM_ERROR_KINDS:
+                _removeSeries(self.upstreamErrors, self.name, name, kind)
+        for keys in self._sessionKeys.values():
+            keys.intersection_update(liveKeys)
 
     def evicted(self, *ignored: object) -> None:
         self.evictions.labels(self.name).inc()

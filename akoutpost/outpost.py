@@ -85,22 +85,6 @@ def configureSite(site: OutpostSite, config: OutpostConfig) -> None:
     site.timeOut = config.idle_timeout
 
 
-def inheritSecrets(new: Application, old: Application) -> None:
-    """
-    Let C{new} take over what C{old} signs and remembers with its secret:
-    the session and login cookies, login states in progress (and those
-    already redeemed), the remembered redirects and the logout tokens
-    seen.  Both must have the same key and the same configured cookie
-    secret; without a configured one, each L{Application} draws a random
-    secret, and a changed provider would otherwise sign out all its users.
-    """
-    new.sessionCookie = old.sessionCookie
-    new.loginCookie = old.loginCookie
-    new.states = old.states
-    new.redirectMemory = old.redirectMemory
-    new.seenLogoutTokens = old.seenLogoutTokens
-
-
 @dataclass
 class OutpostUpdate:
     """
@@ -247,7 +231,7 @@ class Outpost:
                 else:
                     update.changed.append(provider.name)
                 if app.key == previous.key and app.config.cookie_secret == previous.config.cookie_secret:
-                    inheritSecrets(app, previous)
+                    app.inheritSecrets(previous)
                     if app.config.issuer != previous.config.issuer:
                         update.endSessions.add(previous.key)
                 else:
@@ -275,6 +259,10 @@ class Outpost:
             self.metrics.stopped()
             self.metrics = update.metrics
             self.store.onEvict = update.metrics.evicted
+        else:
+            names = {app.config.name for app in update.applications.values()}
+            gone = {app.config.name for app in self.applications.values()} - names
+            self.metrics.forgetProviders(gone, {app.key for app in update.applications.values()})
         self.config = update.config
         self.applications = update.applications
         self._domains = _domainsOf(update.applications)

@@ -33,12 +33,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from akoutpost.config import Config, ConfigError, ProviderConfig, loadConfig
+from akoutpost.metrics import RELOAD_OUTCOMES
 
 if TYPE_CHECKING:
     from akoutpost.service import AkOutpostService, Listener, OutpostPlan, OutpostService
 
-#: The values of the C{outcome} label a reload counter would have.
-OUTCOMES = ("applied", "refused")
 
 
 def providerIdentity(config: ProviderConfig) -> tuple[str, str]:
@@ -177,7 +176,7 @@ class ConfigReloader:
     def __init__(self, root: AkOutpostService, path: str) -> None:
         self.root = root
         self.path = path
-        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.counts = dict.fromkeys(RELOAD_OUTCOMES, 0)
         self._lock = DeferredLock()
 
     def reload(self) -> Deferred[bool]:
@@ -209,6 +208,8 @@ class ConfigReloader:
         summary = plan.summary()
         self._commit(plan)
         self.counts["applied"] += 1
+        for service in self.root.outposts.values():
+            service.outpost.metrics.configReloaded(True)
         self.log.info(
             "configuration reloaded from {path}: {summary}",
             path=self.path,
@@ -225,6 +226,8 @@ class ConfigReloader:
 
     def _refuse(self, problems: Iterable[str]) -> None:
         self.counts["refused"] += 1
+        for service in self.root.outposts.values():
+            service.outpost.metrics.configReloaded(False)
         count = 0
         for problem in problems:
             count += 1

@@ -767,3 +767,42 @@ class SessionStoreRemoveProviderTests(SynchronousTestCase):
         # The indexes forget the ended sessions.
         self.assertEqual(store.logoutUser(("i", "u")), 1)
         self.assertEqual(store.removeProvider("main/b"), 0)
+
+
+class ReloadMetricsTests(ReloadCase):
+    """
+    What a reload shows on the outpost's metrics.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start({"main": outpost(9000, provider("a"), provider("b"))})
+
+    def scrape(self) -> str:
+        return self.service.outposts["main"].outpost.metrics.render().decode("utf-8")
+
+    def test_reloadsCountedByOutcome(self) -> None:
+        self.assertIn('akoutpost_config_reloads_total{outcome="applied",outpost_name="main"} 0.0', self.scrape())
+        self.reload({"main": outpost(9000, provider("a"), provider("b"), provider("c"))})
+        self.reload("[outposts.main\n")
+        self.reload("[outposts.main\n")
+        text = self.scrape()
+        self.assertIn('akoutpost_config_reloads_total{outcome="applied",outpost_name="main"} 1.0', text)
+        self.assertIn('akoutpost_config_reloads_total{outcome="refused",outpost_name="main"} 2.0', text)
+
+    def test_appliedReloadIsTheLastUpdate(self) -> None:
+        self.reactor.advance(500)
+        self.reload({"main": outpost(9000, provider("a"))})
+        self.assertRegex(self.scrape(), r"authentik_outpost_last_update\{[^}]*\} 1\.8000005\d*e\+09")
+
+    def test_removedProviderSeriesDisappear(self) -> None:
+        self.assertIn('provider="b"', self.scrape())
+        self.reload({"main": outpost(9000, provider("a"))})
+        text = self.scrape()
+        self.assertNotIn('provider="b"', text)
+        self.assertIn('akoutpost_sessions{outpost_name="main",provider="a"} 0.0', text)
+
+    def test_keptProviderSessionsStillCounted(self) -> None:
+        self.signIn("a.example.com")
+        self.reload({"main": outpost(9000, provider("a"), provider("c"))})
+        self.assertIn('akoutpost_sessions{outpost_name="main",provider="a"} 1.0', self.scrape())
