@@ -29,7 +29,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
@@ -152,6 +152,9 @@ class Application:
 
     log = Logger()
     metrics: ProviderMetrics = NO_METRICS
+    #: Gives every provider of the outpost at call time (set by the outpost):
+    #: a sign-out ends the user's cached header identities in all of them.
+    peers: Callable[[], Iterable[Application]] | None = None
 
     def __init__(
         self,
@@ -209,6 +212,15 @@ class Application:
         self.states = old.states
         self.redirectMemory = old.redirectMemory
         self.seenLogoutTokens = old.seenLogoutTokens
+
+    def forgetHeaderIdentities(self, issuer: str, sub: str | None, sid: str | None = None) -> int:
+        """
+        Drop the cached header identities of a user (or provider session)
+        that signed out, in every provider of the outpost, as the sign-out
+        ends their sessions there.
+        """
+        peers = self.peers() if self.peers is not None else (self,)
+        return sum(app.headerAuth.forget(issuer, sub, sid) for app in peers)
 
     # Dispatch
 
@@ -403,6 +415,7 @@ class Application:
         idToken = ""
         if session is not None:
             ended = self.store.logoutUser(session.user)
+            self.forgetHeaderIdentities(*session.user)
             idToken = session.idToken
             self.log.info(
                 "{provider}: {user} signed out ({count} sessions ended in outpost {outpost})",
@@ -473,6 +486,7 @@ class Application:
                 ended = self.store.logoutProviderSession(issuer, sid, sub)
             else:
                 ended = self.store.logoutUser((issuer, str(sub)))
+            self.forgetHeaderIdentities(issuer, None if sub is None else str(sub), sid)
             self.log.info(
                 "{provider}: back-channel logout of {what} ({count} sessions ended in outpost {outpost})",
                 provider=self.config.name,

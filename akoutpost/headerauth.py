@@ -327,6 +327,39 @@ class HeaderAuthenticator:
             self.onFailure("header_provider_error")
         return None
 
+    def forget(self, issuer: str, sub: str | None = None, sid: str | None = None) -> int:
+        """
+        Drop the remembered identities of a user who signed out (C{sub}), or
+        of one provider session (C{sid}, of C{sub} when given), so that a
+        cached header stops working at once instead of up to L{CACHE_TTL}
+        seconds later.  Only identities of this provider's C{issuer} match;
+        an introspection answer without C{iss} is of this provider's.
+
+        @return: How many were dropped.
+        """
+        oidc = self.clientOf()
+        if oidc.metadata is not None:
+            ours = oidc.metadata.issuer
+        else:
+            ours = oidc.issuer
+        gone = []
+        for key, entry in self._entries.items():
+            identity = entry.identity
+            if identity is None:
+                continue
+            claims = identity.claims
+            if claims.get("iss", ours) != issuer:
+                continue
+            if sid is not None:
+                if claims.get("sid") != sid or (sub is not None and claims.get("sub") != sub):
+                    continue
+            elif claims.get("sub") != sub:
+                continue
+            gone.append(key)
+        for key in gone:
+            del self._entries[key]
+        return len(gone)
+
     def _store(self, key: bytes, entry: _Entry) -> None:
         self._entries.pop(key, None)
         while len(self._entries) >= self.maxEntries:

@@ -182,6 +182,7 @@ class Outpost:
             )
         app = Application(provider, config.name, self.store, oidc, self.clock, proxy, self.isTrusted)
         app.metrics = hooks
+        app.peers = lambda: self.applications.values()
         return app
 
     def _register(self, app: Application) -> None:

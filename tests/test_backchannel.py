@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from akoutpost.backchannel import SeenTokens
 from akoutpost.session import SessionStore
-from akoutpost.testing import ClientRegistration
+from akoutpost.testing import DEMO_USERS, ClientRegistration
 from akoutpost.tokens import BACKCHANNEL_LOGOUT_EVENT
 from tests.test_application import ISSUER, World
 
@@ -112,6 +112,22 @@ class BackchannelLogoutTests(SynchronousTestCase):
         code, body, _ = self.post(self.token(sid=None, sub="alice"))
         self.assertEqual((code, body), (200, b""))
         self.assertEqual(self.alive(made), {"bob", "c"})
+
+    def test_cachedHeaderIdentityForgotten(self) -> None:
+        """
+        A back-channel logout of a user also drops the cached bearer token
+        identities of that user in the outpost: the next request asks the
+        provider again.
+        """
+        user = DEMO_USERS[0]
+        headers = {"Authorization": f"Bearer {self.world.idp.issueAccessToken('client-a', user.username)}", **JSON}
+        self.assertEqual(self.world.get("https://a.example.com/api", headers)[0].code, 200)
+        self.assertEqual(self.world.get("https://a.example.com/api", headers)[0].code, 200)
+        self.assertEqual(self.world.idp.introspections, 1)
+        code, _, _ = self.post(self.token(sid=None, sub=user.sub))
+        self.assertEqual(code, 200)
+        self.assertEqual(self.world.get("https://a.example.com/api", headers)[0].code, 200)
+        self.assertEqual(self.world.idp.introspections, 2)
 
     def test_realLoginEndedBySub(self) -> None:
         response, _ = self.world.login("https://a.example.com/")

@@ -573,6 +573,33 @@ class ProxyModeTests(SynchronousTestCase):
         self.assertEqual(self.world.get("https://a.example.com/api", headers)[0].code, 401)
         self.assertEqual(self.world.idp.introspections, 2)
 
+    def test_signOutForgetsTheUsersCachedHeaders(self) -> None:
+        """
+        Signing out ends the user's cached header identities in every
+        provider of the outpost, so a cached bearer token is asked about
+        again (not honoured for up to a minute more); other users' stay.
+        """
+        admin = {"Authorization": f"Bearer {self.token()}", **JSON}
+        other = {"Authorization": f"Bearer {self.world.idp.issueAccessToken('client-b', 'alice')}", **JSON}
+        self.assertEqual(self.world.get("https://a.example.com/api", admin)[0].code, 200)
+        self.assertEqual(self.world.get("https://b.example.com/api", other)[0].code, 200)
+        self.assertEqual(self.world.idp.introspections, 2)
+        self.world.login("https://b.example.com/")
+        self.world.get("https://b.example.com/outpost.goauthentik.io/sign_out", HTML)
+        self.assertEqual(self.world.get("https://a.example.com/api", admin)[0].code, 200)
+        self.assertEqual(self.world.get("https://b.example.com/api", other)[0].code, 200)
+        self.assertEqual(self.world.idp.introspections, 3)
+
+    def test_forgetMatchesIssuerAndSubject(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token()}", **JSON}
+        self.assertEqual(self.world.get("https://a.example.com/api", headers)[0].code, 200)
+        self.assertEqual(self.app.forgetHeaderIdentities("https://elsewhere.example/", ADMIN.sub), 0)
+        self.assertEqual(self.app.forgetHeaderIdentities(ISSUER, "someone-else"), 0)
+        self.assertEqual(len(self.app.headerAuth), 1)
+        self.assertEqual(self.app.forgetHeaderIdentities(ISSUER, ADMIN.sub), 1)
+        self.assertEqual(self.world.get("https://a.example.com/api", headers)[0].code, 200)
+        self.assertEqual(self.world.idp.introspections, 2)
+
     def test_cacheKeysAreNotTheHeader(self) -> None:
         token = self.token()
         self.world.get("https://a.example.com/api", {"Authorization": f"Bearer {token}"})
