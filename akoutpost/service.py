@@ -1,9 +1,10 @@
-# -*- test-case-name: tests.test_service,tests.test_reload -*-
+# -*- test-case-name: tests.test_tap,tests.test_reload,tests.test_server -*-
 """
 The service tree twistd runs: one root L{MultiService} holding the shared HTTP
 connection pool and one L{OutpostService} per configured outpost, each with
 its own listeners (the metrics one included), its providers' OpenID clients
-and its session sweeper.
+and its session sweeper.  The listeners are L{akoutpost.listeners}'s; the
+agents that send to upstreams are L{akoutpost.upstreams}'s.
 
 SIGHUP reloads the configuration file (L{akoutpost.reload}): an outpost
 prepares its next state with L{OutpostService.prepare} and swaps it in with
@@ -14,33 +15,29 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from OpenSSL import SSL
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
-from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http import Request
 from twisted.web.iweb import IAgent
-from zope.interface import implementer
 
 from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
 from akoutpost.drain import Drain, ListenerSite
+from akoutpost.listeners import CurrentCertificates, Listener
 from akoutpost.metrics import MetricsResource, OutpostMetrics
 from akoutpost.outpost import Outpost, OutpostUpdate, configureSite
 from akoutpost.proxy import UpstreamClientFactory
 from akoutpost.reload import ConfigReloader
-from akoutpost.tls import CertificateError, CertificateStore, upstreamPolicy
+from akoutpost.tls import CertificateError, CertificateStore
+from akoutpost.upstreams import UpstreamAgents
 
 SWEEP_INTERVAL = 60.0
 #: The largest request body the metrics listener accepts (it wants none).
@@ -57,126 +54,6 @@ class MetricsSite(ListenerSite):
 
     def log(self, request: Request) -> None:
         pass
-
-
-@implementer(IOpenSSLServerConnectionCreator)
-class CurrentCertificates:
-    """
-    The TLS of an HTTPS listener, from whichever L{CertificateStore} is
-    current: a reload swaps C{store} and the same port serves the new
-    certificates to new connections.
-    """
-
-    def __init__(self, store: CertificateStore) -> None:
-        self.store = store
-
-    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        return self.store.serverCreator().serverConnectionForTLS(tlsProtocol)
-
-
-class Listener(StreamServerEndpointService):
-    """
-    One listening port of an outpost.  It can be opened before it joins the
-    service tree (a reload opens its new ports before it swaps anything) and
-    closed without leaving it; opening it again after a close listens again.
-
-    @ivar field: C{"http"}, C{"https"} or C{"metrics"}.
-    @ivar description: The endpoint string it listens on.
-    @ivar port: The listening port while open.
-    @ivar tls: Where an HTTPS listener takes its certificates from.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        outpost: str,
-        field: str,
-        description: str,
-        endpoint: IStreamServerEndpoint,
-        site: ListenerSite,
-        tls: CurrentCertificates | None = None,
-    ) -> None:
-        super().__init__(endpoint, site)
-        self.outpost = outpost
-        self.field = field
-        self.description = description
-        self.site = site
-        self.tls = tls
-        self.port: IListeningPort | None = None
-
-    @property
-    def where(self) -> str:
-        return f"outpost {self.outpost!r}, field {self.field!r}"
-
-    def open(self) -> None:
-        """
-        Listen now, unless already listening.
-
-        @raise Exception: Whatever the endpoint failed with (a port in use
-            is a L{twisted.internet.error.CannotListenError}).
-        """
-        if self._waitingForPort is not None:
-            return
-        d = self.endpoint.listen(self.factory)
-        failures: list[Failure] = []
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            return port
-
-        def failed(failure: Failure) -> None:
-            if not opening:
-                self.log.failure(
-                    "{where}: cannot listen on {endpoint}", failure, where=self.where, endpoint=self.description
-                )
-            failures.append(failure)
-
-        opening = True
-        d.addCallbacks(listening, failed)
-        opening = False
-        if failures:
-            failures[0].raiseException()
-        self._waitingForPort = d
-
-    def closePort(self) -> Deferred[None]:
-        """
-        Stop listening; connections already accepted stay open.
-        """
-        waiting, self._waitingForPort = self._waitingForPort, None
-        port, self.port = self.port, None
-        if waiting is None:
-            return succeed(None)
-        if port is None:
-            waiting.cancel()
-            return succeed(None)
-        return maybeDeferred(port.stopListening).addCallback(lambda _: None)
-
-    def retire(self) -> None:
-        """
-        After the port is closed: end the connections it accepted, each once
-        its request in flight is answered.
-        """
-        busy = self.site.retire()
-        if busy:
-            self.log.info(
-                "{where}: {count} connection(s) on {endpoint} close once answered",
-                where=self.where,
-                count=busy,
-                endpoint=self.description,
-            )
-
-    def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        self.open()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        self.open()
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return self.closePort()
 
 
 @dataclass
@@ -431,56 +308,6 @@ class OutpostService(MultiService):
             client.stop()
         self.outpost.metrics.stopped()
         return super().stopService()
-
-
-class UpstreamAgents:
-    """
-    The agents that send to upstreams: one per TLS policy and connect
-    timeout, over one connection pool per TLS policy.
-
-    A pool per TLS policy because pooled connections are keyed by scheme,
-    host and port only: a connection opened without verification must never
-    serve a provider that verifies.
-    """
-
-    def __init__(
-        self, reactor: Any, newPool: Callable[[], HTTPConnectionPool], defaultPool: HTTPConnectionPool
-    ) -> None:
-        self.reactor = reactor
-        self._newPool = newPool
-        self._pools: dict[tuple[bool, str], HTTPConnectionPool] = {(True, ""): defaultPool}
-        self._agents: dict[tuple[bool, str, float], IAgent] = {}
-
-    def __call__(self, provider: ProviderConfig) -> IAgent:
-        policy = (provider.internal_host_ssl_validation, provider.internal_host_ca)
-        pool = self._pools.get(policy)
-        if pool is None:
-            pool = self._pools[policy] = self._newPool()
-        key = (*policy, provider.upstream_connect_timeout)
-        if key not in self._agents:
-            self._agents[key] = Agent(
-                self.reactor,
-                contextFactory=upstreamPolicy(*policy),
-                connectTimeout=provider.upstream_connect_timeout,
-                pool=pool,
-            )
-        return self._agents[key]
-
-    def retune(self, providers: Iterable[ProviderConfig]) -> None:
-        """
-        Give each pool the shortest idle timeout of the providers using it,
-        so that no pooled connection outlives the keep-alive of any of their
-        upstreams.
-        """
-        idle: dict[tuple[bool, str], float] = {}
-        for provider in providers:
-            policy = (provider.internal_host_ssl_validation, provider.internal_host_ca)
-            idle[policy] = min(idle.get(policy, provider.upstream_idle_timeout), provider.upstream_idle_timeout)
-        for policy, seconds in idle.items():
-            pool = self._pools.get(policy)
-            if pool is not None:
-                # (Twisted annotates it as int; any number of seconds works.)
-                pool.cachedConnectionTimeout = seconds  # type: ignore[assignment]
 
 
 class AkOutpostService(MultiService):
