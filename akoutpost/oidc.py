@@ -5,7 +5,8 @@ The OpenID Connect relying party one provider of an outpost uses.
 Discovery runs at start and is retried with backoff while the provider is
 unreachable (the outpost keeps serving; a login meanwhile gets a 503 page).
 The JWKS is cached and refetched when a token names an unknown key, at most
-once per L{JWKS_REFETCH_INTERVAL}.  Every response body read from the provider
+once per L{JWKS_REFETCH_INTERVAL}.  Clients of the same issuer share their
+discovery and JWKS fetches (L{akoutpost.documents}).  Every response body read from the provider
 is size-limited and every exchange has a deadline on the injected clock.
 """
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from akoutpost.documents import DISCOVERY_MAX_AGE, JWKS_MAX_AGE, DocumentCache
 from akoutpost.tokens import (
     KeySet,
     SignatureMismatch,
@@ -169,8 +171,14 @@ class OpenIDClient:
         agent: IAgent,
         clock: IReactorTime,
         label: str,
+        documents: DocumentCache | None = None,
     ) -> None:
+        """
+        @param documents: Discovery and JWKS documents shared with the other
+            clients of the process (by default, this client's own).
+        """
         self.issuer = issuer
+        self.documents = documents if documents is not None else DocumentCache(clock)
         self.clientId = clientId
         self.clientSecret = clientSecret
         self.clock = clock
@@ -216,8 +224,11 @@ class OpenIDClient:
     def _discover(self) -> None:
         self._retry = None
         url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        d = self._getJSON(url)
-        d.addCallback(ProviderMetadata.fromDocument, self.issuer)
+        d = self.documents.get(
+            ("discovery", url, self.issuer),
+            lambda: self._getJSON(url).addCallback(ProviderMetadata.fromDocument, self.issuer),
+            DISCOVERY_MAX_AGE,
+        )
 
         def found(metadata: ProviderMetadata) -> None:
             self.metadata = metadata
@@ -505,7 +516,12 @@ class OpenIDClient:
             for each in waiters:
                 each.callback(self.keys)
 
-        self._getJSON(metadata.jwksUri).addCallback(KeySet.fromJWKS).addCallbacks(done, failed).addCallback(release)
+        fetching = self.documents.get(
+            ("jwks", metadata.jwksUri),
+            lambda: self._getJSON(metadata.jwksUri).addCallback(KeySet.fromJWKS),
+            JWKS_MAX_AGE,
+        )
+        fetching.addCallbacks(done, failed).addCallback(release)
         return waiter
 
     @inlineCallbacks

@@ -24,6 +24,7 @@ from twisted.web.server import Request, Site
 
 from akoutpost.application import OUTPOST_PREFIX, Application
 from akoutpost.config import OutpostConfig, ProviderConfig, hostKey
+from akoutpost.documents import DocumentCache
 from akoutpost.drain import Drain, ListenerSite
 from akoutpost.forward import configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
@@ -129,16 +130,20 @@ class Outpost:
         clock: IReactorTime,
         upstreamAgent: IAgent | Callable[[ProviderConfig], IAgent],
         providerAgent: IAgent,
+        documents: DocumentCache | None = None,
     ) -> None:
         """
         @param upstreamAgent: Sends to upstreams: one agent, or a function
             giving the agent for a provider (its TLS settings differ).
         @param providerAgent: Talks to the OpenID providers.
+        @param documents: The OpenID providers' discovery and JWKS documents,
+            shared with the other outposts of the process.
         """
         self.config = config
         self.clock = clock
         self.upstreamAgent = upstreamAgent
         self.providerAgent = providerAgent
+        self.documents = documents if documents is not None else DocumentCache(clock)
         self.drain: Drain | None = None
         self.store = SessionStore(clock)
         self.metrics = OutpostMetrics(config.name, config.key, clock, self.store.liveByProvider)
@@ -169,6 +174,7 @@ class Outpost:
                 self.providerAgent,
                 self.clock,
                 label=f"outpost {config.key!r}, provider {provider.name!r}",
+                documents=self.documents,
             )
         hooks = ProviderMetrics(metrics, provider.name, provider.externalHostKey)
         proxy = None

@@ -30,6 +30,7 @@ from twisted.web.http import Request
 from twisted.web.iweb import IAgent
 
 from akoutpost.config import Config, ConfigError, OutpostConfig, ProviderConfig
+from akoutpost.documents import DocumentCache
 from akoutpost.drain import Drain, ListenerSite
 from akoutpost.listeners import CurrentCertificates, Listener
 from akoutpost.metrics import MetricsResource, OutpostMetrics
@@ -98,15 +99,18 @@ class OutpostService(MultiService):
         reactor: Any,
         upstreamAgent: IAgent | Callable[[ProviderConfig], IAgent],
         providerAgent: IAgent,
+        documents: DocumentCache | None = None,
     ) -> None:
         """
+        @param documents: The OpenID providers' documents, shared by every
+            outpost of the process.
         @raise ConfigError: A certificate cannot be used.
         """
         super().__init__()
         self.setName(config.key)
         self.config = config
         self.reactor = reactor
-        self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent)
+        self.outpost = Outpost(config, reactor, upstreamAgent, providerAgent, documents)
         self._sweeper: LoopingCall | None = None
         self.certificates: CertificateStore | None = None
         self.certificates = self._certificatesFor(config)
@@ -347,6 +351,7 @@ class AkOutpostService(MultiService):
         if providerAgent is None:
             providerAgent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
         self.providerAgent = providerAgent
+        self.documents = DocumentCache(reactor)
         self.agents = UpstreamAgents(reactor, self._newPool, self.pool)
         self.upstreamAgent: IAgent | UpstreamAgents = upstreamAgent if upstreamAgent is not None else self.agents
         self.outposts: dict[str, OutpostService] = {}
@@ -370,7 +375,7 @@ class AkOutpostService(MultiService):
 
         @raise ConfigError: A certificate cannot be used.
         """
-        service = OutpostService(config, self.reactor, self.upstreamAgent, self.providerAgent)
+        service = OutpostService(config, self.reactor, self.upstreamAgent, self.providerAgent, self.documents)
         service.outpost.drain = self.drain
         return service
 
