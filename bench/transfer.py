@@ -2,14 +2,15 @@
 """
 Throughput of a large download through the outpost against the same
 download straight from the upstream, measured in one run, and the outpost
-process's peak memory growth meanwhile.
+process's peak memory growth meanwhile (row 6 of bench/run.py).
 
     python bench/transfer.py [--mib 1024] [--runs 3]
 
 Everything runs on 127.0.0.1: an upstream process serving a known pattern
 (tests/integration/_upstream.py), a `twistd akoutpost` process in proxy mode
 whose skip_path_regex lets /big/ through without login, and this script as
-the client, reading with large recv() calls and discarding the bytes.  Both
+the client, reading with large recv() calls and discarding the bytes.  No
+process is pinned: client, upstream and outpost share both cores.  Both
 processes are stopped by pid at the end.
 """
 
@@ -17,64 +18,51 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _outpost
+from _processes import LOOPBACK, Processes, freePort, memoryKiB, resetPeakMemory, waitForPort
+from _report import Row
+
 UPSTREAM = (
     "import sys; from twisted.internet import reactor; from twisted.web.server import Site; "
     "from tests.integration._upstream import UpstreamApplication; "
     "reactor.listenTCP(int(sys.argv[1]), Site(UpstreamApplication()), interface='127.0.0.1'); reactor.run()"
 )
-TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-CONFIG = """
-[outposts.bench]
-http = "tcp:{port}:interface=127.0.0.1"
-https = ""
-[[outposts.bench.providers]]
-name = "bench"
-external_host = "http://127.0.0.1:{port}"
-internal_host = "http://127.0.0.1:{upstream}"
-issuer = "http://127.0.0.1:{nobody}/application/o/bench/"
-client_id = "bench"
-client_secret = "bench-secret"
-skip_path_regex = "^/big/"
-"""
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class Transfer:
+    """
+    One run: direct and proxied rates in MB/s, and the outpost's peak
+    resident memory growth during the proxied download.
+    """
 
+    direct: float
+    proxied: float
+    growthMiB: float
 
-def waitFor(port: int, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listened on {port} within {seconds}s")
+    @property
+    def ratio(self) -> float:
+        return self.proxied / self.direct
 
 
 def download(port: int, mib: int, timeout: float = 300.0) -> tuple[int, float]:
     """
     GET /big/<mib> from 127.0.0.1:<port>; return the body size and seconds.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
         start = time.perf_counter()
         s.sendall(f"GET /big/{mib} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = s.recv(65536)
             if not chunk:
-                raise SystemExit("connection closed before the response head")
+                raise RuntimeError("connection closed before the response head")
             head += chunk
         received = len(head.split(b"\r\n\r\n", 1)[1])
         buffer = bytearray(1 << 20)
@@ -86,22 +74,62 @@ def download(port: int, mib: int, timeout: float = 300.0) -> tuple[int, float]:
         return received, time.perf_counter() - start
 
 
-def status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+def measure(processes: Processes, workdir: str, mib: int, runs: int) -> list[Transfer]:
+    """
+    Start the upstream and an outpost, and download C{mib} MiB C{runs} times
+    each way.
+    """
+    upstreamPort, outpostPort = freePort(), freePort()
+    upstream = processes.start([sys.executable, "-c", UPSTREAM, str(upstreamPort)])
+    waitForPort(upstreamPort, 30, upstream)
+    provider = _outpost.Provider(
+        "bench",
+        f"http://127.0.0.1:{outpostPort}",
+        "bench",
+        internalHost=f"http://127.0.0.1:{upstreamPort}",
+        skipPathRegex="^/big/",
+    )
+    # Nobody listens at the issuer: /big/ needs no login.
+    outpost = _outpost.start(
+        processes,
+        workdir,
+        "transfer",
+        [_outpost.Outpost("bench", outpostPort, (provider,))],
+        f"http://127.0.0.1:{freePort()}/application/o/bench/",
+        cpu=None,
+    )
+    download(outpostPort, 1)  # warm-up
+    size = mib * 1024 * 1024
+    transfers = []
+    for _ in range(runs):
+        got, direct = download(upstreamPort, mib)
+        if got != size:
+            raise RuntimeError(f"direct download: {got} bytes, not {size}")
+        resetPeakMemory(outpost.pid)
+        before = memoryKiB(outpost.pid)
+        got, proxied = download(outpostPort, mib)
+        if got != size:
+            raise RuntimeError(f"download through the outpost: {got} bytes, not {size}")
+        growth = memoryKiB(outpost.pid, "VmHWM") - before
+        transfers.append(Transfer(size / direct / 1e6, size / proxied / 1e6, growth / 1024))
+    return transfers
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+def row(transfers: list[Transfer], mib: int) -> Row:
+    best = max(transfers, key=lambda t: t.ratio)
+    growth = max(t.growthMiB for t in transfers)
+    return Row(
+        "6",
+        f"{mib} MiB download through the outpost, MB/s",
+        f"{best.proxied:,.0f} MB/s, peak RSS growth {growth:.1f} MiB",
+        f"direct from the upstream: {best.direct:,.0f} MB/s",
+        best.ratio,
+        ">= 0.5x, < 64 MiB growth",
+        best.ratio >= 0.5 and growth < 64,
+        f"python bench/transfer.py --mib {mib} --runs {len(transfers)}",
+        f"best of {len(transfers)} runs (ratios {', '.join(f'{t.ratio:.2f}' for t in transfers)}); "
+        "Python upstream, nothing pinned",
+    )
 
 
 def main() -> None:
@@ -109,46 +137,16 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    upstreamPort, outpostPort = freePort(), freePort()
-    processes = []
-    try:
-        processes.append(subprocess.Popen([sys.executable, "-c", UPSTREAM, str(upstreamPort)], cwd=ROOT, env=env))
-        waitFor(upstreamPort)
-        workdir = tempfile.mkdtemp(prefix="akoutpost-bench-")
-        config = os.path.join(workdir, "bench.toml")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(port=outpostPort, upstream=upstreamPort, nobody=freePort()))
-        outpost = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(workdir, "twistd.log"),
-             "akoutpost", "--config", config],
-            cwd=workdir,
-            env=env,
-        )
-        processes.append(outpost)
-        waitFor(outpostPort)
-        download(outpostPort, 1)  # warm-up
-        size = options.mib * 1024 * 1024
-        rows = []
-        for run in range(options.runs):
-            got, direct = download(upstreamPort, options.mib)
-            assert got == size, got
-            with open(f"/proc/{outpost.pid}/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-            before = status(outpost.pid, "VmRSS")
-            got, proxied = download(outpostPort, options.mib)
-            assert got == size, got
-            growth = status(outpost.pid, "VmHWM") - before
-            rows.append((run + 1, size / direct / 1e6, size / proxied / 1e6, direct / proxied, growth / 1024))
-        print(f"{options.mib} MiB download, {options.runs} runs, CPython {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-        print(f"{'run':>3}  {'direct MB/s':>11}  {'outpost MB/s':>12}  {'ratio':>5}  {'peak RSS growth MiB':>19}")
-        for run, d, p, ratio, growth in rows:
-            print(f"{run:>3}  {d:>11.0f}  {p:>12.0f}  {ratio:>5.2f}  {growth:>19.1f}")
-        best = max(rows, key=lambda r: r[3])
-        print(f"best ratio {best[3]:.2f}x of direct; largest peak RSS growth {max(r[4] for r in rows):.1f} MiB")
-    finally:
-        for process in reversed(processes):
-            stop(process)
+    with tempfile.TemporaryDirectory(prefix="akoutpost-bench-") as workdir, Processes() as processes:
+        transfers = measure(processes, workdir, options.mib, options.runs)
+    print(f"{options.mib} MiB download, {options.runs} runs, CPython {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(f"{'run':>3}  {'direct MB/s':>11}  {'outpost MB/s':>12}  {'ratio':>5}  {'peak RSS growth MiB':>19}")
+    for run, t in enumerate(transfers, 1):
+        print(f"{run:>3}  {t.direct:>11.0f}  {t.proxied:>12.0f}  {t.ratio:>5.2f}  {t.growthMiB:>19.1f}")
+    best = max(transfers, key=lambda t: t.ratio)
+    print(
+        f"best ratio {best.ratio:.2f}x of direct; largest peak RSS growth {max(t.growthMiB for t in transfers):.1f} MiB"
+    )
 
 
 if __name__ == "__main__":
