@@ -151,6 +151,7 @@ class OutpostConfig:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    access_log: bool = False
     providers: tuple[ProviderConfig, ...] = ()
 
 

@@ -100,6 +100,7 @@ _OUTPOST_FIELDS = (
     "header_timeout",
     "max_header_size",
     "idle_timeout",
+    "access_log",
     "providers",
 )
 
@@ -258,6 +259,7 @@ def _parseOutpost(
     if maxHeaderSize < MIN_MAX_HEADER_SIZE:
         table.problem("max_header_size", f"must be at least {MIN_MAX_HEADER_SIZE} bytes, not {maxHeaderSize}")
     idleTimeout = table.seconds("idle_timeout", DEFAULT_IDLE_TIMEOUT)
+    accessLog = table.boolean("access_log", False)
     providers = _parseProviders(key, raw.get("providers"), table, baseDir)
     if len(problems) > before:
         return None
@@ -273,6 +275,7 @@ def _parseOutpost(
         header_timeout=headerTimeout,
         max_header_size=maxHeaderSize,
         idle_timeout=idleTimeout,
+        access_log=accessLog,
         providers=providers,
     )
 

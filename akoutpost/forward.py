@@ -14,7 +14,9 @@ what unauthenticated-path rules are matched against.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import SplitResult, urlsplit
 
 from twisted.web.server import Request
@@ -24,6 +26,10 @@ AUTH_PREFIX = f"{OUTPOST_PREFIX}/auth/"
 ENVOY_PREFIX = f"{OUTPOST_PREFIX}/auth/envoy"
 KINDS = ("nginx", "traefik", "caddy", "envoy")
 _MAX_URL = 16 * 1024
+# Longer URLs are parsed every time (the cache holds at most 1024 of 2 KiB).
+_CACHED_URL = 2048
+# Control characters, space, DEL and backslash never belong in a forwarded URL.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,18 @@ def _scheme(proto: str | None) -> str | None:
 
 
 def _split(url: str) -> ForwardedURL | None:
-    if len(url) > _MAX_URL or any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
+    """
+    The parts of a forwarded URL, or L{None} when it is not one.  Fronts
+    send the same few URLs again and again, so the answers for short ones
+    are remembered (a bounded number; the result is immutable).
+    """
+    if len(url) > _CACHED_URL:
+        return _parse(url)
+    return _cachedParse(url)
+
+
+def _parse(url: str) -> ForwardedURL | None:
+    if len(url) > _MAX_URL or _UNSAFE.search(url):
         return None
     try:
         parts: SplitResult = urlsplit(url)
@@ -108,6 +125,9 @@ def _split(url: str) -> ForwardedURL | None:
         return None
     path, _, query = (rest or "/").partition("?")
     return ForwardedURL(parts.scheme, parts.netloc.lower(), parts.hostname.lower(), port, path, query)
+
+
+_cachedParse = lru_cache(maxsize=1024)(_parse)
 
 
 def _host(request: Request, name: bytes) -> str | None:

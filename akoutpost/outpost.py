@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -38,8 +39,11 @@ from akoutpost.session import SessionStore
 
 _PING = f"{OUTPOST_PREFIX}/ping".encode("ascii")
 _MAX_HOST = 1024
+#: How many peer addresses the trusted-proxy verdicts are remembered for.
+_MAX_REMEMBERED_PEERS = 4096
 
 
+@lru_cache(maxsize=1024)
 def requestHostKey(host: bytes) -> str | None:
     """
     The canonical key of a C{Host} header value, or L{None} when it is not a
@@ -84,6 +88,7 @@ def configureSite(site: OutpostSite, config: OutpostConfig) -> None:
     site.headerTimeout = config.header_timeout
     site.maxHeaderSize = config.max_header_size
     site.timeOut = config.idle_timeout
+    site.accessLog = config.access_log
 
 
 @dataclass
@@ -144,6 +149,8 @@ class Outpost:
         self.upstreamAgent = upstreamAgent
         self.providerAgent = providerAgent
         self.documents = documents if documents is not None else DocumentCache(clock)
+        # Verdicts of isTrusted by peer address, for the current config.
+        self._trustedPeers: dict[str, bool] = {}
         self.drain: Drain | None = None
         self.store = SessionStore(clock)
         self.metrics = OutpostMetrics(config.name, config.key, clock, self.store.liveByProvider)
@@ -271,6 +278,7 @@ class Outpost:
             gone = {app.config.name for app in self.applications.values()} - names
             self.metrics.forgetProviders(gone, {app.key for app in update.applications.values()})
         self.config = update.config
+        self._trustedPeers = {}
         self.applications = update.applications
         self._domains = _domainsOf(update.applications)
         for app in update.fresh:
@@ -298,6 +306,14 @@ class Outpost:
         peer = getattr(request.getClientAddress(), "host", None)
         if not isinstance(peer, str):
             return False
+        trusted = self._trustedPeers.get(peer)
+        if trusted is None:
+            if len(self._trustedPeers) >= _MAX_REMEMBERED_PEERS:
+                self._trustedPeers.clear()
+            trusted = self._trustedPeers[peer] = self._isTrustedAddress(peer)
+        return trusted
+
+    def _isTrustedAddress(self, peer: str) -> bool:
         try:
             address = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -223,6 +224,7 @@ class OutpostSite(Site):
         headerTimeout: float | None = DEFAULT_HEADER_TIMEOUT,
         maxHeaderSize: int = DEFAULT_MAX_HEADER_SIZE,
         idleTimeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        accessLog: bool = False,
         reactor: IReactorTime | None = None,
     ) -> None:
         """
@@ -235,12 +237,19 @@ class OutpostSite(Site):
             header lines), in bytes; larger ones get 431.
         @param idleTimeout: Seconds a connection may stay idle (between
             requests, or stalled in a body).
+        @param accessLog: Whether to log a line for every request; off, a
+            request costs no logging at all.
         @param reactor: The clock for every timeout.
         """
         super().__init__(resource, parsePOSTFormSubmission=False, timeout=idleTimeout, reactor=reactor)
         self.bodyLimit = bodyLimit
         self.headerTimeout = headerTimeout
         self.maxHeaderSize = maxHeaderSize
+        self.accessLog = accessLog
+
+    def log(self, request: http.Request) -> None:
+        if self.accessLog:
+            super().log(request)
 
     def buildProtocol(self, addr: Any) -> OutpostChannel:  # type: ignore[override]
         channel = cast(OutpostChannel, super().buildProtocol(addr))

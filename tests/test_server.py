@@ -123,6 +123,34 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(site.timeOut, 12.5)
         self.assertIs(site.reactor, self.clock)
 
+    def accessLogOf(self, **options: Any) -> bytes:
+        """
+        What the site writes to its access log for one request.
+        """
+        channel, transport = self.connect(**options)
+        logFile = io.BytesIO()
+        channel.site.logFile = logFile  # type: ignore[attr-defined]
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:200])
+        return logFile.getvalue()
+
+    def test_noAccessLogByDefault(self) -> None:
+        """
+        Requests cost no logging unless the outpost asks for an access log.
+        """
+        self.assertEqual(self.accessLogOf(), b"")
+
+    def test_accessLog(self) -> None:
+        self.assertIn(b'"GET /x HTTP/1.1" 200', self.accessLogOf(accessLog=True))
+
+    def test_accessLogSetting(self) -> None:
+        cfg = config({"main": [providerTable()]}, access_log=True)
+        outpost = Outpost(cfg.outposts[0], MemoryReactorClock(), None, None)  # type: ignore[arg-type]
+        site = outpost.site()
+        assert isinstance(site, OutpostSite)
+        self.assertTrue(site.accessLog)
+        self.assertFalse(config({"main": [providerTable()]}).outposts[0].access_log)
+
     def test_outpostSite(self) -> None:
         """
         L{Outpost.site} gives an L{OutpostSite} with the outpost's limits,
