@@ -38,13 +38,22 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from akoutpost.backchannel import MAX_LOGOUT_BODY, SeenTokens
 from akoutpost.config import ProviderConfig
 from akoutpost.forward import ForwardedURL, forwardedMethod
 from akoutpost.headerauth import HeaderAuthenticator, HeaderIdentity, authorizationHeader
-from akoutpost.headers import IDENTITY_HEADERS, IdentityContext, applyHeaders, identityHeaders, stripCookies
+from akoutpost.headers import (
+    IDENTITY_HEADERS,
+    IdentityContext,
+    applyHeaders,
+    applyIdentity,
+    identityHeaders,
+    metaHeaders,
+    stripCookies,
+)
 from akoutpost.metrics import NO_METRICS, ProviderMetrics
 from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
 from akoutpost.pages import renderPage
@@ -152,6 +161,8 @@ class Application:
 
     log = Logger()
     metrics: ProviderMetrics = NO_METRICS
+    # See identityContext.
+    _identity: tuple[ProviderConfig, str, str, IdentityContext, tuple[tuple[bytes, bytes], ...]] | None = None
     #: Gives every provider of the outpost at call time (set by the outpost):
     #: a sign-out ends the user's cached header identities in all of them.
     peers: Callable[[], Iterable[Application]] | None = None
@@ -377,7 +388,7 @@ class Application:
             self.log.info(
                 "{provider}: {user} signed in",
                 provider=self.config.name,
-                user=session.claims.get("preferred_username") or session.sub,
+                user=session.username,
             )
             self.metrics.login()
             self._setCookie(request, self.config.cookieName, self.sessionCookie.sign(session.sessionId), int(lifetime))
@@ -420,7 +431,7 @@ class Application:
             self.log.info(
                 "{provider}: {user} signed out ({count} sessions ended in outpost {outpost})",
                 provider=self.config.name,
-                user=session.claims.get("preferred_username") or session.sub,
+                user=session.username,
                 count=ended,
                 outpost=self.outpostName,
             )
@@ -524,16 +535,41 @@ class Application:
     # proxy mode
 
     def identityContext(self) -> IdentityContext:
+        """
+        The provider's facts in every identity header set.  They and the
+        provider's meta headers, which all its sessions share, are computed
+        again only when they change: when discovery finishes or finds
+        another JWKS address (a reload that renames the provider or the
+        outpost makes a new L{Application}).
+        """
         metadata = self.oidc.metadata
-        return IdentityContext(
-            outpostName=self.outpostName,
-            providerName=self.config.name,
-            appSlug=self.config.app_slug,
-            jwksUri=metadata.jwksUri if metadata is not None else "",
-            basicAuthEnabled=self.config.basic_auth_enabled,
-            basicAuthUserAttribute=self.config.basic_auth_user_attribute,
-            basicAuthPasswordAttribute=self.config.basic_auth_password_attribute,
-        )
+        jwksUri = metadata.jwksUri if metadata is not None else ""
+        cached = self._identity
+        if cached is None or cached[0] is not self.config or cached[1] != self.outpostName or cached[2] != jwksUri:
+            context = IdentityContext(
+                outpostName=self.outpostName,
+                providerName=self.config.name,
+                appSlug=self.config.app_slug,
+                jwksUri=jwksUri,
+                basicAuthEnabled=self.config.basic_auth_enabled,
+                basicAuthUserAttribute=self.config.basic_auth_user_attribute,
+                basicAuthPasswordAttribute=self.config.basic_auth_password_attribute,
+            )
+            cached = self._identity = (self.config, self.outpostName, jwksUri, context, metaHeaders(context))
+        return cached[3]
+
+    def _applyIdentity(self, headers: Headers, identity: Session | HeaderIdentity) -> None:
+        """
+        Set the identity headers of a signed-in user on C{headers}: a
+        session's were computed at login, the provider's meta headers are
+        shared by all its sessions; a header identity's are computed here.
+        """
+        context = self.identityContext()
+        if isinstance(identity, Session):
+            assert self._identity is not None
+            applyIdentity(headers, identity.headerValues, self._identity[4], identity.attributes, context)
+        else:
+            applyHeaders(headers, identityHeaders(identity.claims, identity.rawToken, context))
 
     def isAllowlisted(self, request: Request) -> bool:
         """
@@ -580,12 +616,12 @@ class Application:
         request.setHeader(b"cache-control", b"no-store")
         session = self.currentSession(request)
         if session is not None:
-            return self._forwardAnswer(request, kind, forwarded, trusted, session.claims, session.rawToken)
+            return self._forwardAnswer(request, kind, forwarded, trusted, session)
 
         def answer(identity: HeaderIdentity | None) -> bytes | int:
             if identity is None:
                 return self._forwardAnswer(request, kind, forwarded, trusted)
-            return self._forwardAnswer(request, kind, forwarded, trusted, identity.claims, identity.rawToken)
+            return self._forwardAnswer(request, kind, forwarded, trusted, identity)
 
         return self._withHeaderIdentity(request, answer)
 
@@ -595,15 +631,14 @@ class Application:
         kind: str,
         forwarded: ForwardedURL,
         trusted: bool,
-        claims: Mapping[str, Any] | None = None,
-        rawToken: str = "",
+        identity: Session | HeaderIdentity | None = None,
     ) -> bytes:
         """
-        The answer to a forward-auth check, signed in as C{claims} or
+        The answer to a forward-auth check, signed in as C{identity} or
         anonymous (L{None}).
         """
-        if claims is not None:
-            applyHeaders(request.responseHeaders, identityHeaders(claims, rawToken, self.identityContext()))
+        if identity is not None:
+            self._applyIdentity(request.responseHeaders, identity)
             request.setHeader(b"user-agent", request.getHeader(b"user-agent") or b"")
             return b""
         if self.allowsTarget(forwarded.scheme, forwarded.netloc, forwarded.path.encode("latin-1"), forwarded.query):
@@ -681,7 +716,7 @@ class Application:
         session = self.currentSession(request)
         stripCookies(request.requestHeaders, self.ownCookies)
         if session is not None:
-            return self._proxySignedIn(request, session.claims, session.rawToken, originalHost, trusted)
+            return self._proxySignedIn(request, session, originalHost, trusted)
 
         def answer(identity: HeaderIdentity | None) -> bytes | int:
             if identity is None:
@@ -689,21 +724,24 @@ class Application:
             # The credentials were for the outpost; the application gets the
             # identity headers (and basic_auth_enabled's own Authorization).
             request.requestHeaders.removeHeader(b"authorization")
-            return self._proxySignedIn(request, identity.claims, identity.rawToken, originalHost, trusted)
+            return self._proxySignedIn(request, identity, originalHost, trusted)
 
         return self._withHeaderIdentity(request, answer)
 
     def _proxySignedIn(
-        self, request: Request, claims: Mapping[str, Any], rawToken: str, originalHost: bytes, trusted: bool
+        self, request: Request, identity: Session | HeaderIdentity, originalHost: bytes, trusted: bool
     ) -> bytes | int:
         assert self.proxy is not None
-        applyHeaders(request.requestHeaders, identityHeaders(claims, rawToken, self.identityContext()))
-        origin, host = self._override(claims, originalHost)
+        self._applyIdentity(request.requestHeaders, identity)
+        if isinstance(identity, Session):
+            proxyClaims: object = identity.proxyClaims
+        else:
+            proxyClaims = identity.claims.get("ak_proxy")
+        origin, host = self._override(proxyClaims, originalHost)
         if isUpgrade(request):
             return self.proxy.upgrade(
                 request, origin=origin, host=host, trustedPeer=trusted, forwardedHost=originalHost
             )
-        proxyClaims = claims.get("ak_proxy")
         superuser = isinstance(proxyClaims, dict) and proxyClaims.get("is_superuser") is True
         return self.proxy.forward(
             request,
@@ -739,8 +777,11 @@ class Application:
             request, 401, "Unauthenticated", "Sign in to use this application.", (self.base + "/", "Sign in")
         )
 
-    def _override(self, claims: Mapping[str, Any], originalHost: bytes) -> tuple[bytes | None, bytes | None]:
-        proxyClaims = claims.get("ak_proxy")
+    def _override(self, proxyClaims: object, originalHost: bytes) -> tuple[bytes | None, bytes | None]:
+        """
+        The upstream origin and C{Host} the C{ak_proxy} claims ask for
+        (C{backend_override}, C{host_header}), each L{None} when not.
+        """
         if not isinstance(proxyClaims, dict):
             return None, None
         origin = None

@@ -175,20 +175,36 @@ def identityHeaders(claims: Mapping[str, Any] | None, rawToken: str, context: Id
     if not claims:
         return result
     attributes = _userAttributes(claims)
-    if context.basicAuthEnabled and "ak_proxy" in claims:
-        password = attributes.get(context.basicAuthPasswordAttribute)
-        user = attributes.get(context.basicAuthUserAttribute) if context.basicAuthUserAttribute else None
-        if not isinstance(user, str) or not user:
-            user = _text(claims.get("email"))
-        if isinstance(password, str) and password:
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            result.append(("Authorization", f"Basic {token}"))
-    extra = attributes.get("additionalHeaders")
-    if isinstance(extra, dict):
-        for name, value in extra.items():
-            if isinstance(name, str) and _TOKEN.match(name) and "_" not in name:
-                result.append((name, _safeValue(_text(value))))
+    if "ak_proxy" in claims:
+        authorization = _basicAuthorization(attributes, _text(claims.get("email")), context)
+        if authorization is not None:
+            result.append(("Authorization", authorization))
+    result.extend(_additionalHeaders(attributes))
     return result
+
+
+def _basicAuthorization(attributes: Mapping[str, Any], email: str, context: IdentityContext) -> str | None:
+    if not context.basicAuthEnabled:
+        return None
+    password = attributes.get(context.basicAuthPasswordAttribute)
+    user = attributes.get(context.basicAuthUserAttribute) if context.basicAuthUserAttribute else None
+    if not isinstance(user, str) or not user:
+        user = email
+    if not isinstance(password, str) or not password:
+        return None
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def _additionalHeaders(attributes: Mapping[str, Any]) -> list[tuple[str, str]]:
+    extra = attributes.get("additionalHeaders")
+    if not isinstance(extra, dict):
+        return []
+    return [
+        (name, _safeValue(_text(value)))
+        for name, value in extra.items()
+        if isinstance(name, str) and _TOKEN.match(name) and "_" not in name
+    ]
 
 
 def applyHeaders(headers: Headers, pairs: list[tuple[str, str]]) -> None:
@@ -197,3 +213,83 @@ def applyHeaders(headers: Headers, pairs: list[tuple[str, str]]) -> None:
     """
     for name, value in pairs:
         headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+
+
+# Identity headers computed once: a session keeps its user's header values
+# as bytes from login on, and each provider keeps its meta headers.
+
+_USER_NAMES = tuple(name.encode("ascii") for name in IDENTITY_HEADERS[:7])
+_META_NAMES = tuple(name.encode("ascii") for name in IDENTITY_HEADERS[7:])
+#: How many values of L{userHeaderValues} are the fixed user headers.
+USER_HEADER_COUNT = len(_USER_NAMES)
+_NO_ATTRIBUTES: Mapping[str, Any] = {}
+
+
+def userHeaderValues(claims: Mapping[str, Any], rawToken: bytes) -> tuple[bytes, ...]:
+    """
+    The user's own identity headers, ready for L{Headers.setRawHeaders}:
+    the L{USER_HEADER_COUNT} values of C{X-authentik-username} to
+    C{X-authentik-jwt} (C{rawToken}, the very object given), then the
+    names and values of C{additionalHeaders}, alternating.  What
+    L{identityHeaders} gives for these names, as bytes.
+    """
+    values: list[bytes] = [
+        _safeValue(_text(claims.get("preferred_username"))).encode("utf-8"),
+        _safeValue(_joined(claims.get("groups"))).encode("utf-8"),
+        _safeValue(_joined(claims.get("entitlements"))).encode("utf-8"),
+        _safeValue(_text(claims.get("email"))).encode("utf-8"),
+        _safeValue(_text(claims.get("name"))).encode("utf-8"),
+        _safeValue(_text(claims.get("sub"))).encode("utf-8"),
+        rawToken if claims else b"",
+    ]
+    for name, value in _additionalHeaders(_userAttributes(claims)):
+        values.append(name.encode("ascii"))
+        values.append(value.encode("utf-8"))
+    return tuple(values)
+
+
+def basicAuthAttributes(claims: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """
+    What a session keeps of C{ak_proxy.user_attributes} for basic
+    authentication, which a reload can turn on or point at other attributes
+    while the session lives: the attributes without C{additionalHeaders}
+    (already in L{userHeaderValues}), or L{None} when nothing is left.
+    """
+    if "ak_proxy" not in claims:
+        return None
+    attributes = {k: v for k, v in _userAttributes(claims).items() if k != "additionalHeaders"}
+    return attributes or None
+
+
+def metaHeaders(context: IdentityContext) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    The provider's meta headers (C{X-authentik-meta-jwks} to
+    C{-meta-version}), the same for all of its users.
+    """
+    values = (context.jwksUri, context.outpostName, context.providerName, context.appSlug, VERSION_HEADER_VALUE)
+    return tuple((name, _safeValue(value).encode("utf-8")) for name, value in zip(_META_NAMES, values, strict=True))
+
+
+def applyIdentity(
+    headers: Headers,
+    userValues: tuple[bytes, ...],
+    meta: tuple[tuple[bytes, bytes], ...],
+    attributes: Mapping[str, Any] | None,
+    context: IdentityContext,
+) -> None:
+    """
+    Set a signed-in user's identity headers on C{headers}, in the order and
+    with the values of L{identityHeaders}: C{userValues} from
+    L{userHeaderValues}, C{meta} from L{metaHeaders}, and the basic
+    authentication C{attributes} from L{basicAuthAttributes}.
+    """
+    for name, value in zip(_USER_NAMES, userValues, strict=False):
+        headers.setRawHeaders(name, [value])
+    for name, value in meta:
+        headers.setRawHeaders(name, [value])
+    if attributes is not None and context.basicAuthEnabled:
+        authorization = _basicAuthorization(attributes, userValues[3].decode("utf-8"), context)
+        if authorization is not None:
+            headers.setRawHeaders(b"Authorization", [authorization.encode("utf-8")])
+    for index in range(USER_HEADER_COUNT, len(userValues), 2):
+        headers.setRawHeaders(userValues[index], [userValues[index + 1]])

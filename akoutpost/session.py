@@ -14,9 +14,9 @@ for back-channel logout.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,8 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from akoutpost.headers import basicAuthAttributes, userHeaderValues
 
 _ID_BYTES = 32
 _MAC_BYTES = 32
@@ -35,30 +37,119 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-@dataclass(frozen=True)
+# Deflate without the zlib header and checksum: the data never leaves memory.
+_RAW_DEFLATE = -15
+
+#: The C{ak_proxy} claims read on every proxied request.
+_PROXY_CLAIMS = ("backend_override", "host_header", "is_superuser")
+
+
+def _packIdToken(idToken: str, upstream: bytes) -> bytes | str | None:
+    """
+    The id token as a session keeps it until sign-out: L{None} when it is
+    the token passed upstream, otherwise compressed with that token as the
+    dictionary (the two carry mostly the same claims), unless that does not
+    make it smaller.
+    """
+    if upstream == idToken.encode("utf-8"):
+        return None
+    if not idToken.isascii():
+        return idToken
+    compressor = (
+        zlib.compressobj(wbits=_RAW_DEFLATE, zdict=upstream) if upstream else zlib.compressobj(wbits=_RAW_DEFLATE)
+    )
+    packed = compressor.compress(idToken.encode("ascii")) + compressor.flush()
+    return packed if len(packed) < len(idToken) else idToken
+
+
+def _unpackIdToken(packed: bytes | str | None, upstream: bytes) -> str:
+    if packed is None:
+        return upstream.decode("utf-8")
+    if isinstance(packed, str):
+        return packed
+    decompressor = zlib.decompressobj(_RAW_DEFLATE, upstream) if upstream else zlib.decompressobj(_RAW_DEFLATE)
+    return (decompressor.decompress(packed) + decompressor.flush()).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Session:
     """
     A signed-in user's session with one provider.
 
+    A session keeps only what is used after login, 100,000 of them fitting
+    in a few hundred megabytes: the user's identity headers, computed at
+    login (L{akoutpost.headers.userHeaderValues}), the access token among
+    them; what identifies the user and the provider session; the
+    C{ak_proxy} claims that steer the upstream request; the user attributes
+    basic authentication may need; and the id token, compressed.
+
     @ivar sessionId: The random identifier (never the cookie value itself).
     @ivar providerKey: Which provider of the outpost the session belongs to.
-    @ivar claims: The verified identity claims from the provider.
-    @ivar rawToken: The token passed upstream as C{X-authentik-jwt}.
-    @ivar idToken: The id token, kept for C{id_token_hint} at sign-out.
+    @ivar issuer: The C{iss} claim.
+    @ivar sid: The provider's session id (the C{sid} claim), or L{None}.
+    @ivar headerValues: The user's identity headers as bytes (see
+        L{akoutpost.headers.userHeaderValues}); C{X-authentik-jwt} is the
+        token passed upstream.
+    @ivar proxyClaims: C{backend_override}, C{host_header} and
+        C{is_superuser} from C{ak_proxy}, or L{None} without any.
+    @ivar attributes: See L{akoutpost.headers.basicAuthAttributes}.
     @ivar expires: When the session ends, in clock seconds.
     """
 
     sessionId: str
     providerKey: str
-    claims: Mapping[str, Any]
-    rawToken: str
-    idToken: str
-    created: float
+    issuer: str
+    _subject: str | None
+    sid: str | None
+    headerValues: tuple[bytes, ...]
+    proxyClaims: Mapping[str, Any] | None
+    attributes: Mapping[str, Any] | None
+    _idToken: bytes | str | None
     expires: float
 
     @property
     def sub(self) -> str:
-        return str(self.claims.get("sub", ""))
+        """
+        The C{sub} claim: the C{X-authentik-uid} value, unless that had to
+        differ from it.
+        """
+        return self._subject if self._subject is not None else self.headerValues[5].decode("utf-8")
+
+    @property
+    def rawToken(self) -> str:
+        """
+        The token passed upstream as C{X-authentik-jwt}.
+        """
+        return self.headerValues[6].decode("utf-8")
+
+    @property
+    def idToken(self) -> str:
+        """
+        The id token, kept for C{id_token_hint} at sign-out.
+        """
+        return _unpackIdToken(self._idToken, self.headerValues[6])
+
+    @property
+    def username(self) -> str:
+        """
+        Who signed in, for the logs: C{preferred_username}, else C{sub}.
+        """
+        return self.headerValues[0].decode("utf-8") or self.sub
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        """
+        The claims the session kept: C{iss}, C{sub}, C{sid},
+        C{preferred_username} and the C{ak_proxy} claims of L{proxyClaims}.
+        """
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": self.sub}
+        if self.sid is not None:
+            claims["sid"] = self.sid
+        if self.headerValues[0]:
+            claims["preferred_username"] = self.headerValues[0].decode("utf-8")
+        if self.proxyClaims is not None:
+            claims["ak_proxy"] = dict(self.proxyClaims)
+        return claims
 
     @property
     def user(self) -> tuple[str, str]:
@@ -67,7 +158,12 @@ class Session:
         providers of an outpost may use different OpenID providers whose
         subjects could collide.
         """
-        return (str(self.claims.get("iss", "")), self.sub)
+        return (self.issuer, self.sub)
+
+    @property
+    def _subjectKey(self) -> bytes:
+        # The subject as the C{X-authentik-uid} value, held once.
+        return self.headerValues[5] if self._subject is None else self._subject.encode("utf-8")
 
     @property
     def providerSession(self) -> tuple[str, str] | None:
@@ -75,10 +171,59 @@ class Session:
         The issuer and the provider's session id (the C{sid} claim), or
         L{None} when the provider sent none.
         """
-        sid = self.claims.get("sid")
-        if not isinstance(sid, str) or not sid:
+        if self.sid is None:
             return None
-        return (str(self.claims.get("iss", "")), sid)
+        return (self.issuer, self.sid)
+
+
+def _proxyClaims(claims: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    proxy = claims.get("ak_proxy")
+    if not isinstance(proxy, dict):
+        return None
+    kept = {name: proxy[name] for name in _PROXY_CLAIMS if name in proxy}
+    if not kept.get("backend_override") and not kept.get("host_header") and kept.get("is_superuser") is not True:
+        return None
+    return kept
+
+
+# The sessions of a subject, or of a provider session id: most have one,
+# whose id stands alone rather than in a set.  The issuer is checked on the
+# sessions found, sparing each session a key tuple.
+_Index = dict[str | bytes, str | set[str]]
+
+
+def _addIndex(index: _Index, key: str | bytes, sessionId: str) -> None:
+    ids = index.get(key)
+    if ids is None:
+        index[key] = sessionId
+    elif isinstance(ids, str):
+        index[key] = {ids, sessionId}
+    else:
+        ids.add(sessionId)
+
+
+def _removeIndex(index: _Index, key: str | bytes, sessionId: str) -> None:
+    ids = index.get(key)
+    if ids is None:
+        return
+    if isinstance(ids, str):
+        if ids == sessionId:
+            del index[key]
+        return
+    ids.discard(sessionId)
+    if len(ids) == 1:
+        index[key] = ids.pop()
+    elif not ids:
+        del index[key]
+
+
+def _indexed(index: _Index, key: str | bytes) -> list[str]:
+    ids = index.get(key)
+    if ids is None:
+        return []
+    if isinstance(ids, str):
+        return [ids]
+    return list(ids)
 
 
 @dataclass
@@ -97,9 +242,11 @@ class SessionStore:
     clock: IReactorTime
     maxSessions: int = 100_000
     _sessions: dict[str, Session] = field(default_factory=dict)
-    _byUser: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    _bySid: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    _byUser: _Index = field(default_factory=dict)
+    _bySid: _Index = field(default_factory=dict)
     onEvict: Callable[[Session], object] | None = None
+    # One copy of each issuer, however many sessions name it.
+    _issuers: dict[str, str] = field(default_factory=dict)
 
     log = Logger()
 
@@ -112,7 +259,8 @@ class SessionStore:
         lifetime: float,
     ) -> Session:
         """
-        Mint a brand-new session (never reusing an id from the browser).
+        Mint a brand-new session (never reusing an id from the browser),
+        computing the user's identity headers once for all its requests.
         """
         if len(self._sessions) >= self.maxSessions:
             self.sweep()
@@ -122,19 +270,28 @@ class SessionStore:
             if self.onEvict is not None:
                 self.onEvict(oldest)
         now = self.clock.seconds()
+        issuer = str(claims.get("iss", ""))
+        issuer = self._issuers.setdefault(issuer, issuer)
+        sid = claims.get("sid")
+        sub = str(claims.get("sub", ""))
+        token = rawToken.replace("\r", " ").replace("\n", " ").encode("utf-8")
+        values = userHeaderValues(claims, token)
         session = Session(
             sessionId=_b64(secrets.token_bytes(_ID_BYTES)),
             providerKey=providerKey,
-            claims=claims,
-            rawToken=rawToken,
-            idToken=idToken,
-            created=now,
+            issuer=issuer,
+            _subject=None if values[5] == sub.encode("utf-8") else sub,
+            sid=sid if isinstance(sid, str) and sid else None,
+            headerValues=values,
+            proxyClaims=_proxyClaims(claims),
+            attributes=basicAuthAttributes(claims),
+            _idToken=_packIdToken(idToken, values[6]),
             expires=now + max(0.0, lifetime),
         )
         self._sessions[session.sessionId] = session
-        self._byUser.setdefault(session.user, set()).add(session.sessionId)
-        if session.providerSession is not None:
-            self._bySid.setdefault(session.providerSession, set()).add(session.sessionId)
+        _addIndex(self._byUser, session._subjectKey, session.sessionId)
+        if session.sid is not None:
+            _addIndex(self._bySid, session.sid, session.sessionId)
         return session
 
     def get(self, sessionId: str, providerKey: str) -> Session | None:
@@ -159,7 +316,8 @@ class SessionStore:
 
         @return: How many sessions ended.
         """
-        ids = set(self._byUser.get(user, ()))
+        issuer, sub = user
+        ids = [i for i in _indexed(self._byUser, sub.encode("utf-8")) if self._sessions[i].issuer == issuer]
         for sessionId in ids:
             self._remove(sessionId)
         return len(ids)
@@ -173,8 +331,8 @@ class SessionStore:
         """
         ids = [
             sessionId
-            for sessionId in self._bySid.get((issuer, sid), ())
-            if sub is None or self._sessions[sessionId].sub == sub
+            for sessionId in _indexed(self._bySid, sid)
+            if self._sessions[sessionId].issuer == issuer and (sub is None or self._sessions[sessionId].sub == sub)
         ]
         for sessionId in ids:
             self._remove(sessionId)
@@ -224,18 +382,9 @@ class SessionStore:
         session = self._sessions.pop(sessionId, None)
         if session is None:
             return
-        ids = self._byUser.get(session.user)
-        if ids is not None:
-            ids.discard(sessionId)
-            if not ids:
-                del self._byUser[session.user]
-        key = session.providerSession
-        if key is not None:
-            sids = self._bySid.get(key)
-            if sids is not None:
-                sids.discard(sessionId)
-                if not sids:
-                    del self._bySid[key]
+        _removeIndex(self._byUser, session._subjectKey, sessionId)
+        if session.sid is not None:
+            _removeIndex(self._bySid, session.sid, sessionId)
 
     def sweeper(self, interval: float = 60.0) -> LoopingCall:
         """
@@ -282,7 +431,7 @@ class CookieSigner:
         return value
 
     def _mac(self, value: str) -> str:
-        digest = hmac.new(
-            self.key, self.cookieName.encode("utf-8") + b"\0" + value.encode("ascii", "replace"), hashlib.sha256
-        ).digest()
+        digest = hmac.digest(
+            self.key, self.cookieName.encode("utf-8") + b"\0" + value.encode("ascii", "replace"), "sha256"
+        )
         return _b64(digest[:_MAC_BYTES])
