@@ -56,6 +56,8 @@ _UNDERSCORE_ALIASES = (
     b"x-rewrite-url",
     b"x-authentik-",
 )
+_FIRST_BYTES = frozenset((b"x", b"X", b"t", b"T"))
+assert all(p[:1] in _FIRST_BYTES for p in _PROTECTED_PREFIXES + _UNDERSCORE_ALIASES)
 _TOKEN = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
 
 
@@ -91,7 +93,10 @@ def stripSpoofable(headers: Headers) -> None:
     """
     Remove every spoofable header from C{headers}, in place.
     """
-    for name in [n for n, _ in headers.getAllRawHeaders() if isSpoofable(n)]:
+    # Every spoofable name starts with "x" or "t" (see the prefixes above):
+    # the other headers of a request are passed over at the cost of one
+    # slice each.
+    for name in [n for n, _ in headers.getAllRawHeaders() if n[:1] in _FIRST_BYTES and isSpoofable(n)]:
         headers.removeHeader(name)
 
 
