@@ -16,15 +16,13 @@ method is counted as C{other}.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from twisted.internet import defer, error
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web._newclient import _WrapperException
@@ -60,7 +58,6 @@ BACKCHANNEL_OUTCOMES = ("accepted", "refused")
 RELOAD_OUTCOMES = ("applied", "refused")
 
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"})
-_T = TypeVar("_T")
 
 
 def methodLabel(method: bytes) -> str:
@@ -137,14 +134,29 @@ class _SessionsCollector:
         yield family
 
 
-@dataclass
 class RequestTimer:
     """
     One request being timed; C{host} is its label, set once the provider
     serving the request is known.
     """
 
-    host: str = ""
+    __slots__ = ("host", "_metrics", "_method", "_kind", "_started")
+
+    def __init__(self, metrics: OutpostMetrics, method: str, kind: str, started: float) -> None:
+        self.host = ""
+        self._metrics = metrics
+        self._method = method
+        self._kind = kind
+        self._started = started
+
+    def finished(self, ignored: object = None) -> None:
+        """
+        The request was answered (or its client went away): observe its
+        duration.
+        """
+        metrics = self._metrics
+        elapsed = metrics.clock.seconds() - self._started
+        metrics._requestSeries(self._method, self.host, self._kind).observe(elapsed if elapsed > 0.0 else 0.0)
 
 
 class OutpostMetrics:
@@ -198,6 +210,10 @@ class OutpostMetrics:
             ["outpost_name", "outpost_type", "uuid"],
             registry=registry,
         )
+        # The labelled series each request observes, by their varying
+        # labels: labels() validates and locks on every call.
+        self._requestChildren: dict[tuple[str, str, str], Any] = {}
+        self._upstreamChildren: dict[tuple[str, str, bytes], Any] = {}
         self.liveSessions = liveSessions
         self._sessionKeys: dict[str, set[str]] = {}
         registry.register(_SessionsCollector(self))
@@ -314,16 +330,29 @@ class OutpostMetrics:
         """
         Time C{request} from now until it finishes (or its client goes away).
         """
-        timer = RequestTimer()
-        started = self.clock.seconds()
-        method = methodLabel(request.method)
-
-        def finished(_: object) -> None:
-            elapsed = max(0.0, self.clock.seconds() - started)
-            self.requestDuration.labels(self.name, method, timer.host, kind).observe(elapsed)
-
-        request.notifyFinish().addBoth(finished)
+        timer = RequestTimer(self, methodLabel(request.method), kind, self.clock.seconds())
+        request.notifyFinish().addBoth(timer.finished)
         return timer
+
+    def _requestSeries(self, method: str, host: str, kind: str) -> Any:
+        key = (method, host, kind)
+        child = self._requestChildren.get(key)
+        if child is None:
+            # Bounded: the methods, the providers' hosts and two kinds.
+            child = self._requestChildren[key] = self.requestDuration.labels(self.name, method, host, kind)
+        return child
+
+    def _upstreamSeries(self, method: str, host: str, origin: bytes) -> Any:
+        key = (method, host, origin)
+        child = self._upstreamChildren.get(key)
+        if child is None:
+            parts = urlsplit(origin.decode("ascii", "replace"))
+            child = self.upstreamDuration.labels(self.name, method, parts.scheme, host, parts.netloc)
+            # A session's backend_override can name other upstreams: only
+            # remember so many.
+            if len(self._upstreamChildren) < 4096:
+                self._upstreamChildren[key] = child
+        return child
 
     def render(self) -> bytes:
         """
@@ -371,30 +400,30 @@ class ProviderMetrics:
         if self.outpost is not None:
             self.outpost.upstreamErrors.labels(self.outpost.name, self.provider, upstreamErrorKind(failure)).inc()
 
-    def watchUpstream(self, d: Deferred[_T], request: Request, origin: bytes, clientGone: list[bool]) -> None:
+    def now(self) -> float:
         """
-        Time the upstream request C{d} until its response (or failure), and
-        count its failure, unless the client went away first (then the
-        request was cancelled, not failed).
+        The time on the outpost's clock (0 outside an outpost): when an
+        upstream request starts, for L{upstreamAnswered}.
+        """
+        return self.outpost.clock.seconds() if self.outpost is not None else 0.0
+
+    def upstreamAnswered(self, method: bytes, origin: bytes, started: float, failure: Failure | None = None) -> None:
+        """
+        An upstream request begun at C{started} (from L{now}) got its
+        response headers, or failed with C{failure}: time it, and count the
+        failure.  (Not called for a request cancelled because its client
+        went away.)
 
         @param origin: C{scheme://host[:port]} of the upstream.
         """
         outpost = self.outpost
         if outpost is None:
             return
-        started = outpost.clock.seconds()
-        parts = urlsplit(origin.decode("ascii", "replace"))
-        labels = (outpost.name, methodLabel(request.method), parts.scheme, self.host, parts.netloc)
-
-        def done(result: Any) -> Any:
-            if clientGone[0]:
-                return result
-            if isinstance(result, Failure):
-                self.upstreamError(result)
-            outpost.upstreamDuration.labels(*labels).observe(max(0.0, outpost.clock.seconds() - started))
-            return result
-
-        d.addBoth(done)
+        if failure is not None:
+            self.upstreamError(failure)
+        elapsed = outpost.clock.seconds() - started
+        series = outpost._upstreamSeries(methodLabel(method), self.host, origin)
+        series.observe(elapsed if elapsed > 0.0 else 0.0)
 
 
 #: The hooks of a provider outside an outpost (unit tests): they do nothing.

@@ -15,11 +15,12 @@ or 504 page when the upstream fails.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,16 +68,61 @@ _FORWARDING_NAMES = frozenset({b"x-real-ip", b"forwarded", b"x-client-ip", b"tru
 
 DEFAULT_RESPONSE_TIMEOUT = 60.0
 
+#: What is never copied from the client's headers: the hop-by-hop headers,
+#: and the forwarding headers the outpost sets itself.
+_NOT_COPIED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_tokenCache: dict[tuple[bytes, ...], frozenset[bytes]] = {}
 
-def _connectionTokens(headers: Headers) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", []):
-        tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+
+def _connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
+    """
+    The header names listed by the C{Connection} header C{values}, in lower
+    case (remembered: a client or upstream sends the same few values again
+    and again).
+    """
+    if not values:
+        return _NO_TOKENS
+    key = tuple(values)
+    tokens = _tokenCache.get(key)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
+        if len(_tokenCache) < 256:
+            _tokenCache[key] = tokens
     return tokens
 
 
 def _isForwarding(name: bytes) -> bool:
     return name.startswith(_FORWARDING_PREFIXES) or name in _FORWARDING_NAMES
+
+
+#: Whether a client's header is copied upstream: never, only from a trusted
+#: peer (a forwarding header), or always.
+_NEVER, _FROM_TRUSTED, _ALWAYS = 0, 1, 2
+_copyRules: dict[bytes, int] = {}
+
+
+def _copyRule(name: bytes) -> int:
+    """
+    How the header C{name} (as L{Headers} spells it) is copied upstream,
+    remembered for the few hundred names clients send.
+    """
+    rule = _copyRules.get(name)
+    if rule is None:
+        lower = name.lower()
+        rule = _NEVER if lower in _NOT_COPIED else _FROM_TRUSTED if _isForwarding(lower) else _ALWAYS
+        if len(_copyRules) < 1024:
+            _copyRules[name] = rule
+    return rule
+
+
+def _rawHeaders(headers: Headers) -> dict[bytes, list[bytes]]:
+    """
+    The dict behind C{headers}: names in canonical case, values sanitised.
+    Copying between two L{Headers} through it skips the name encoding and
+    value sanitising that C{setRawHeaders} would redo for every header.
+    """
+    return headers._rawHeaders
 
 
 def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool, forwardedHost: bytes | None = None) -> Headers:
@@ -90,42 +136,44 @@ def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool, forwardedH
         C{X-Forwarded-For} is appended to rather than replaced.
     @param forwardedHost: The C{X-Forwarded-Host} to send, if any.
     """
-    incoming = request.requestHeaders
-    drop = HOP_BY_HOP | _connectionTokens(incoming) | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+    incoming = _rawHeaders(request.requestHeaders)
+    named = _connectionTokens(incoming.get(b"Connection"))
+    if named:
+        named = named - _NOT_COPIED
+    least = _FROM_TRUSTED if trustedPeer else _ALWAYS
+    rules = _copyRules
     headers = Headers()
-    for name, values in incoming.getAllRawHeaders():
-        lower = name.lower()
-        if lower not in drop and (trustedPeer or not _isForwarding(lower)):
-            headers.setRawHeaders(name, list(values))
+    raw = _rawHeaders(headers)
+    for name, values in incoming.items():
+        rule = rules.get(name)
+        if rule is None:
+            rule = _copyRule(name)
+        if rule >= least and not (named and name.lower() in named):
+            raw[name] = list(values)
+    # These two may come from the configuration or a session's claims:
+    # setRawHeaders sanitises them.
     headers.setRawHeaders(b"host", [host])
     if forwardedHost is not None:
         headers.setRawHeaders(b"x-forwarded-host", [forwardedHost])
-    peer = request.getClientAddress()
-    peerHost = getattr(peer, "host", None)
+    peerHost = getattr(request.getClientAddress(), "host", None)
     chain = []
     if trustedPeer:
-        chain = [v for v in incoming.getRawHeaders(b"x-forwarded-for", []) if v.strip()]
+        chain = [v for v in incoming.get(b"X-Forwarded-For", ()) if v.strip()]
     if isinstance(peerHost, str):
         chain.append(peerHost.encode("ascii"))
     if chain:
-        headers.setRawHeaders(b"x-forwarded-for", [b", ".join(chain)])
-    proto = incoming.getRawHeaders(b"x-forwarded-proto") if trustedPeer else None
-    if proto:
-        headers.setRawHeaders(b"x-forwarded-proto", proto[-1:])
-    else:
-        headers.setRawHeaders(b"x-forwarded-proto", [b"https" if request.isSecure() else b"http"])
+        raw[b"X-Forwarded-For"] = [b", ".join(chain)]
+    proto = incoming.get(b"X-Forwarded-Proto") if trustedPeer else None
+    raw[b"X-Forwarded-Proto"] = proto[-1:] if proto else [b"https" if request.isSecure() else b"http"]
     return headers
 
 
 def _hasBody(request: Request) -> bool:
-    length = request.requestHeaders.getRawHeaders(b"content-length")
+    headers = _rawHeaders(request.requestHeaders)
+    length = headers.get(b"Content-Length")
     if length:
         return length[0].strip() not in (b"", b"0")
-    return request.requestHeaders.hasHeader(b"transfer-encoding")
-
-
-def _timedOut(result: object, timeout: float) -> None:
-    raise defer.TimeoutError(f"no response from the upstream within {timeout} seconds")
+    return b"Transfer-Encoding" in headers
 
 
 class _ConnectionAwareProtocol(HTTP11ClientProtocol):
@@ -141,7 +189,8 @@ class _ConnectionAwareProtocol(HTTP11ClientProtocol):
         if parser is not None:
 
             def note(response: IResponse) -> IResponse:
-                response.connectionTokens = _connectionTokens(parser.connHeaders)  # type: ignore[attr-defined]
+                connection = _rawHeaders(parser.connHeaders).get(b"Connection")
+                response.connectionTokens = _connectionTokens(connection)  # type: ignore[attr-defined]
                 return response
 
             d.addCallback(note)
@@ -166,9 +215,8 @@ class _BodyRelay(Protocol):
     upstream while the client's buffer is full.
     """
 
-    def __init__(self, request: Request, done: defer.Deferred[None]) -> None:
+    def __init__(self, request: Request) -> None:
         self.request = request
-        self.done = done
         self.clientGone = False
 
     def connectionMade(self) -> None:
@@ -187,7 +235,157 @@ class _BodyRelay(Protocol):
                 # The upstream broke off mid-body: make the truncation
                 # visible to the client instead of finishing cleanly.
                 self.request.channel.transport.abortConnection()  # type: ignore[union-attr]
-        self.done.callback(None)
+
+
+class _Exchange:
+    """
+    One request on its way to the upstream and its answer on the way back:
+    the response timeout, the client leaving, the metrics, and the relay of
+    the response.  One object with bound methods instead of a closure and a
+    callback for each concern.
+    """
+
+    __slots__ = (
+        "proxy",
+        "request",
+        "target",
+        "origin",
+        "showErrors",
+        "upstream",
+        "timer",
+        "timedOut",
+        "clientGone",
+        "relay",
+        "started",
+    )
+
+    def __init__(self, proxy: UpstreamProxy, request: Request, target: bytes, origin: bytes, showErrors: bool) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.target = target
+        self.origin = origin
+        self.showErrors = showErrors
+        self.upstream: defer.Deferred[IResponse] | None = None
+        self.timer: IDelayedCall | None = None
+        self.timedOut = False
+        self.clientGone = False
+        self.relay: _BodyRelay | None = None
+        self.started = 0.0
+
+    def start(self, headers: Headers, body: FileBodyProducer | None) -> None:
+        proxy = self.proxy
+        request = self.request
+        metrics = proxy.metrics
+        if metrics is not None:
+            self.started = metrics.now()
+        d = self.upstream = proxy.agent.request(request.method, self.target, headers, body)
+        self.timer = proxy.clock.callLater(proxy.responseTimeout, self.timeOut)
+        request.notifyFinish().addErrback(self.lost)
+        d.addCallbacks(self.gotResponse, self.failed)
+
+    def timeOut(self) -> None:
+        self.timer = None
+        self.timedOut = True
+        if self.upstream is not None:
+            # The Agent reports a cancelled request as ResponseNeverReceived;
+            # failed() answers it as the timeout it is (a 504, not a 502).
+            self.upstream.cancel()
+
+    def _stopTimer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def lost(self, reason: Failure) -> None:
+        """
+        The client went away: stop whatever is still under way upstream.
+        """
+        self.clientGone = True
+        relay = self.relay
+        if relay is not None:
+            relay.clientGone = True
+            if relay.transport is not None:
+                relay.transport.stopProducing()  # type: ignore[attr-defined]
+        elif self.upstream is not None:
+            self.upstream.cancel()
+
+    def gotResponse(self, response: IResponse) -> None:
+        self._stopTimer()
+        if self.timedOut:
+            response.deliverBody(Protocol())
+            self.failed(Failure(self._timeoutError()))
+            return
+        if self.clientGone:
+            response.deliverBody(Protocol())
+            return
+        metrics = self.proxy.metrics
+        if metrics is not None:
+            metrics.upstreamAnswered(self.request.method, self.origin, self.started)
+        try:
+            self._relay(response)
+        except Exception:
+            self._answerFailure(Failure())
+
+    def _relay(self, response: IResponse) -> None:
+        request = self.request
+        request.setResponseCode(response.code, response.phrase)
+        source = _rawHeaders(response.headers)
+        tokens = getattr(response, "connectionTokens", _NO_TOKENS)
+        own = _connectionTokens(source.get(b"Connection"))
+        if own:
+            tokens = tokens | own
+        drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else HOP_BY_HOP | tokens
+        target = _rawHeaders(request.responseHeaders)
+        for name, values in source.items():
+            if name.lower() not in drop:
+                target[name] = list(values)
+        if request.method == b"HEAD":
+            # The Agent reports length 0 for HEAD and passes the upstream's
+            # Content-Length (the GET body's size) as an ordinary header.
+            length = source.get(b"Content-Length")
+            if length:
+                request.setHeader(b"content-length", length[-1])
+        elif response.length is not UNKNOWN_LENGTH and response.code not in (204, 304):
+            # 204 must not carry a Content-Length (RFC 9110 8.6), and a 304's
+            # would describe the cached representation, not 0.
+            request.setHeader(b"content-length", str(response.length).encode("ascii"))
+        relay = self.relay = _BodyRelay(request)
+        response.deliverBody(relay)
+
+    def _timeoutError(self) -> defer.TimeoutError:
+        return defer.TimeoutError(f"no response from the upstream within {self.proxy.responseTimeout} seconds")
+
+    def failed(self, failure: Failure) -> None:
+        self._stopTimer()
+        if self.timedOut and not failure.check(defer.TimeoutError):
+            failure = Failure(self._timeoutError())
+        if self.clientGone:
+            return
+        metrics = self.proxy.metrics
+        if metrics is not None:
+            metrics.upstreamAnswered(self.request.method, self.origin, self.started, failure)
+        self._answerFailure(failure)
+
+    def _answerFailure(self, failure: Failure) -> None:
+        request = self.request
+        if request.startedWriting:
+            request.channel.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if failure.check(defer.TimeoutError, error.TimeoutError):
+            status, title, message = 504, "Gateway Timeout", "The application did not answer in time."
+        else:
+            status, title, message = 502, "Bad Gateway", "Failed to connect to the application."
+        self.proxy.log.warn(
+            "upstream {target} failed: {reason}",
+            target=self.target.decode("latin-1"),
+            reason=failure.getErrorMessage(),
+        )
+        if self.showErrors:
+            message += f" ({failure.getErrorMessage() or failure.value.__class__.__name__})"
+        body = renderPage(request, status, title, message)
+        request.write(body)
+        request.finish()
 
 
 class UpstreamProxy(ReverseProxyResource):
@@ -252,22 +450,7 @@ class UpstreamProxy(ReverseProxyResource):
             request.content.seek(0)
             body = FileBodyProducer(request.content, cooperator=self.cooperator)
         request.defaultContentType = None
-        clientGone = [False]
-        d = self.agent.request(request.method, target, headers, body)
-        # The Agent reports a cancelled in-flight request as ResponseNeverReceived,
-        # which addTimeout's default would pass on unchanged (a 502): translate
-        # every timeout into TimeoutError so that it is answered with a 504.
-        d.addTimeout(self.responseTimeout, self.clock, onTimeoutCancel=_timedOut)
-
-        def lost(_: Any) -> None:
-            clientGone[0] = True
-            d.cancel()
-
-        request.notifyFinish().addErrback(lost)
-        if self.metrics is not None:
-            self.metrics.watchUpstream(d, request, origin or self.origin, clientGone)
-        d.addCallback(self._gotResponse, request, clientGone)
-        d.addErrback(self._failed, request, target, clientGone, showErrors)
+        _Exchange(self, request, target, origin or self.origin, showErrors).start(headers, body)
         return NOT_DONE_YET
 
     def upgrade(
@@ -294,57 +477,3 @@ class UpstreamProxy(ReverseProxyResource):
         sendHost = host or request.getHeader(b"host") or target.split(b"://", 1)[1]
         headers = upstreamHeaders(request, sendHost, trustedPeer, forwardedHost)
         return tunnel(request, endpoint, headers, self.clock, self.responseTimeout)
-
-    def _gotResponse(
-        self, response: IResponse, request: Request, clientGone: list[bool]
-    ) -> defer.Deferred[None] | None:
-        if clientGone[0]:
-            response.deliverBody(Protocol())
-            return None
-        request.setResponseCode(response.code, response.phrase)
-        drop = HOP_BY_HOP | _connectionTokens(response.headers) | getattr(response, "connectionTokens", set())
-        for name, values in response.headers.getAllRawHeaders():
-            if name.lower() not in drop:
-                request.responseHeaders.setRawHeaders(name, list(values))
-        if request.method == b"HEAD":
-            # The Agent reports length 0 for HEAD and passes the upstream's
-            # Content-Length (the GET body's size) as an ordinary header.
-            length = response.headers.getRawHeaders(b"content-length")
-            if length:
-                request.setHeader(b"content-length", length[-1])
-        elif response.length is not UNKNOWN_LENGTH and response.code not in (204, 304):
-            # 204 must not carry a Content-Length (RFC 9110 8.6), and a 304's
-            # would describe the cached representation, not 0.
-            request.setHeader(b"content-length", str(response.length).encode("ascii"))
-        done: defer.Deferred[None] = defer.Deferred()
-        relay = _BodyRelay(request, done)
-
-        def lost(_: Any) -> None:
-            relay.clientGone = True
-            if relay.transport is not None:
-                relay.transport.stopProducing()  # type: ignore[attr-defined]
-
-        request.notifyFinish().addErrback(lost)
-        response.deliverBody(relay)
-        return done
-
-    def _failed(
-        self, failure: Failure, request: Request, target: bytes, clientGone: list[bool], showErrors: bool = False
-    ) -> None:
-        if clientGone[0]:
-            return
-        if request.startedWriting:
-            request.channel.transport.abortConnection()  # type: ignore[union-attr]
-            return
-        if failure.check(defer.TimeoutError, error.TimeoutError):
-            status, title, message = 504, "Gateway Timeout", "The application did not answer in time."
-        else:
-            status, title, message = 502, "Bad Gateway", "Failed to connect to the application."
-        self.log.warn(
-            "upstream {target} failed: {reason}", target=target.decode("latin-1"), reason=failure.getErrorMessage()
-        )
-        if showErrors:
-            message += f" ({failure.getErrorMessage() or failure.value.__class__.__name__})"
-        body = renderPage(request, status, title, message)
-        request.write(body)
-        request.finish()

@@ -31,10 +31,13 @@ def isUpgrade(request: Request) -> bool:
     """
     Whether C{request} asks to switch protocols (a websocket handshake).
     """
+    # The cheap tests first: most requests are not upgrades.
+    if request.method != b"GET" or not request.requestHeaders.hasHeader(b"upgrade"):
+        return False
     tokens: set[bytes] = set()
     for value in request.requestHeaders.getRawHeaders(b"connection", []):
         tokens.update(t.strip().lower() for t in value.split(b","))
-    return request.method == b"GET" and b"upgrade" in tokens and request.requestHeaders.hasHeader(b"upgrade")
+    return b"upgrade" in tokens
 
 
 def _head(request: Request, headers: Headers) -> bytes:

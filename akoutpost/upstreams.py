@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.test_server,tests.integration.test_https -*-
+# -*- test-case-name: tests.test_upstreams,tests.test_server,tests.integration.test_https -*-
 """
 The HTTP agents that send requests to upstreams (L{UpstreamAgents}): one per
 TLS policy and connect timeout of the providers, over one connection pool per
-TLS policy.
+TLS policy, each agent reusing one endpoint per upstream
+(L{UpstreamEndpoints}).
 """
 
 from __future__ import annotations
@@ -10,11 +11,64 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IAgent
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
 
 from akoutpost.config import ProviderConfig
 from akoutpost.tls import upstreamPolicy
+
+#: Upstreams remembered by one L{UpstreamEndpoints}; a session's
+#: C{backend_override} can name others, so the cache is bounded.
+MAX_CACHED_ENDPOINTS = 1024
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """
+    The endpoints of one upstream agent: TCP for C{http}, TLS with the
+    agent's policy for C{https}, built once per scheme, host and port.
+
+    Twisted's own factory builds a new L{HostnameEndpoint} (and runs the
+    idna codec over the host) for every request; an endpoint can connect
+    any number of times, and still resolves the host on each connection.
+
+    @ivar _policyForHTTPS: The TLS policy (named as in Twisted's factory).
+    @ivar _connectTimeout: Seconds to wait for a connection.
+    """
+
+    def __init__(self, reactor: Any, policyForHTTPS: IPolicyForHTTPS, connectTimeout: float | None = None) -> None:
+        self._reactor = reactor
+        self._policyForHTTPS = policyForHTTPS
+        self._connectTimeout = connectTimeout
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._newEndpoint(uri)
+            if len(self._endpoints) >= MAX_CACHED_ENDPOINTS:
+                self._endpoints.clear()
+            self._endpoints[key] = endpoint
+        return endpoint
+
+    def _newEndpoint(self, uri: URI) -> IStreamClientEndpoint:
+        if uri.scheme not in (b"http", b"https", b"ws", b"wss"):
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"The host of the URI ({uri.host!r}) is not ASCII") from None
+        endpoint = HostnameEndpoint(
+            self._reactor, host, uri.port, timeout=30 if self._connectTimeout is None else self._connectTimeout
+        )
+        if uri.scheme in (b"https", b"wss"):
+            return wrapClientTLS(self._policyForHTTPS.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
 
 class UpstreamAgents:
@@ -42,12 +96,8 @@ class UpstreamAgents:
             pool = self._pools[policy] = self._newPool()
         key = (*policy, provider.upstream_connect_timeout)
         if key not in self._agents:
-            self._agents[key] = Agent(
-                self.reactor,
-                contextFactory=upstreamPolicy(*policy),
-                connectTimeout=provider.upstream_connect_timeout,
-                pool=pool,
-            )
+            endpoints = UpstreamEndpoints(self.reactor, upstreamPolicy(*policy), provider.upstream_connect_timeout)
+            self._agents[key] = Agent.usingEndpointFactory(self.reactor, endpoints, pool)
         return self._agents[key]
 
     def retune(self, providers: Iterable[ProviderConfig]) -> None:

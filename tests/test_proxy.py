@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -513,6 +514,27 @@ class RequestTests(ProxyTestCase):
             self.assertEqual(received.values(name), [value])
         self.assertNotIn(b"for-the-proxy-only", b"\r\n".join(received.headerLines))
 
+    async def test_headerNamedInConnectionDroppedOnlyThere(self) -> None:
+        """
+        A header is dropped because the request's C{Connection} names it,
+        not remembered as hop-by-hop for the requests after it.
+        """
+        named = [(b"Connection", b"X-Per-Hop"), (b"X-Per-Hop", b"1")]
+        first, _ = await self.roundTrip(rawRequest(b"/", named))
+        second, _ = await self.roundTrip(rawRequest(b"/", [(b"X-Per-Hop", b"2")]))
+        self.assertEqual(first.values(b"x-per-hop"), [])
+        self.assertEqual(second.values(b"x-per-hop"), [b"2"])
+
+    async def test_forwardingHeadersDependOnThePeer(self) -> None:
+        """
+        The same forwarding header is passed on from a trusted peer and
+        dropped from any other, request after request.
+        """
+        realIP = [(b"X-Real-IP", b"9.9.9.9")]
+        for trusted, expected in [(False, []), (True, [b"9.9.9.9"]), (False, [])]:
+            received, _ = await self.roundTrip(rawRequest(b"/", realIP), trustedPeer=trusted)
+            self.assertEqual(received.values(b"x-real-ip"), expected)
+
     async def test_forwardedForReplacedFromUntrustedPeer(self) -> None:
         headers = [(b"X-Forwarded-For", b"9.9.9.9"), (b"X-Forwarded-Proto", b"https")]
         received, _ = await self.roundTrip(rawRequest(b"/", headers), trustedPeer=False)
@@ -588,6 +610,18 @@ class RequestTests(ProxyTestCase):
             self.assertEqual(response.code, 200)
         self.assertEqual(len(upstream.received), 2)
         self.assertEqual(len(upstream.connections), 1)
+
+    async def test_responseTimeoutCancelledOnAnswer(self) -> None:
+        """
+        The response timeout is one delayed call, cancelled when the upstream
+        answers: nothing is left scheduled once the request is done.
+        """
+        clock = Clock()
+        _, upstreamOrigin = self.upstream()
+        port = self.serve(UpstreamProxy(upstreamOrigin, self.agent, clock, responseTimeout=5))
+        response = await self.fetch(port, rawRequest(b"/"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class ResponseTests(ProxyTestCase):
