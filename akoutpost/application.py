@@ -78,6 +78,17 @@ def _queryArgs(uri: bytes) -> dict[str, list[str]]:
     return parse_qs(query, keep_blank_values=True)
 
 
+def _maySign(query: str | bytes) -> bool:
+    """
+    Whether a query may carry the callback or logout signature: most
+    requests' queries cannot (neither the name nor a percent-encoding in
+    them), and need not be parsed.
+    """
+    if isinstance(query, bytes):
+        return b"X-authentik-" in query or b"%" in query
+    return "X-authentik-" in query or "%" in query
+
+
 def _first(args: Mapping[str, list[str]], name: str) -> str | None:
     values = args.get(name)
     return values[0] if values else None
@@ -236,10 +247,11 @@ class Application:
     # Dispatch
 
     def render(self, request: Request) -> bytes | int:
-        path = request.uri.partition(b"?")[0].decode("latin-1")
-        args = _queryArgs(request.uri)
+        rawPath, _, query = request.uri.partition(b"?")
+        path = rawPath.decode("latin-1")
         prefix = self.config.externalPath
         relative = path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
+        args = _queryArgs(request.uri) if relative.startswith(OUTPOST_PREFIX) or _maySign(query) else {}
         if relative == f"{OUTPOST_PREFIX}/backchannel-logout":
             return self.backchannelLogout(request)
         if _signature(args, CALLBACK_SIGNATURE):
@@ -607,7 +619,7 @@ class Application:
         if kind in ("envoy", "nginx") and not (trusted and request.requestHeaders.hasHeader(b"x-forwarded-proto")):
             if kind == "envoy" or not request.requestHeaders.hasHeader(b"x-original-url"):
                 forwarded = replace(forwarded, scheme=self.config.externalScheme)
-        args = parse_qs(forwarded.query, keep_blank_values=True)
+        args = parse_qs(forwarded.query, keep_blank_values=True) if _maySign(forwarded.query) else {}
         if _signature(args, CALLBACK_SIGNATURE):
             return self.callback(request, args)
         if _signature(args, LOGOUT_SIGNATURE):

@@ -417,6 +417,22 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(response.code, 302)
         self.assertEqual(len(self.world.outposts["main"].store), 0)
 
+    def test_logoutSignaturePercentEncoded(self) -> None:
+        """
+        The signature is recognised however its name is percent-encoded in
+        the query (queries without it are not parsed at all).
+        """
+        self.world.login("https://a.example.com/")
+        response, _ = self.world.get("https://a.example.com/any/path?a=1&X%2Dauthentik%2dlogout=true", HTML)
+        self.assertEqual(response.code, 302)
+        self.assertEqual(len(self.world.outposts["main"].store), 0)
+
+    def test_plainQueryIsNotASignature(self) -> None:
+        self.world.login("https://a.example.com/")
+        response, _ = self.world.get("https://a.example.com/any/path?x-authentik-logout=true&b=2", {"Accept": "application/json"})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(self.world.outposts["main"].store), 1)
+
     def test_freshSessionIdAtLogin(self) -> None:
         """
         A cookie present before login is never the one signed in.
