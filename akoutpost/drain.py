@@ -52,8 +52,22 @@ class Drain(Service):
         Follow C{request} until it finishes.  Its channel is captured now:
         twisted.web forgets it before the finish notification fires.
         """
-        self._inFlight[request] = request.channel
+        self.started(request)
         request.notifyFinish().addBoth(self._finished, request)
+
+    def started(self, request: Request) -> None:
+        """
+        C{request} is in flight until L{finished} is called for it (by
+        whoever already follows its finish, so that a request costs one
+        notification, not one per interested party).
+        """
+        self._inFlight[request] = request.channel
+
+    def finished(self, request: Request) -> None:
+        """
+        C{request} finished, or its client went away.
+        """
+        self._finished(None, request)
 
     def _finished(self, _: object, request: Request) -> None:
         channel = self._inFlight.pop(request, None)

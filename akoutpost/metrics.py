@@ -326,12 +326,16 @@ class OutpostMetrics:
         """
         self._sessionKeys.setdefault(provider, set()).add(providerKey)
 
-    def timeRequest(self, request: Request, kind: str) -> RequestTimer:
+    def timeRequest(self, request: Request, kind: str, follow: bool = True) -> RequestTimer:
         """
         Time C{request} from now until it finishes (or its client goes away).
+
+        @param follow: Whether to follow the request's finish here; if not,
+            the caller calls the timer's C{finished} itself.
         """
         timer = RequestTimer(self, methodLabel(request.method), kind, self.clock.seconds())
-        request.notifyFinish().addBoth(timer.finished)
+        if follow:
+            request.notifyFinish().addBoth(timer.finished)
         return timer
 
     def _requestSeries(self, method: str, host: str, kind: str) -> Any:

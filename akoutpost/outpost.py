@@ -390,6 +390,12 @@ def _domainsOf(applications: Mapping[str, Application]) -> list[tuple[str, Appli
     ]
 
 
+def _requestDone(_: object, request: Request, timer: RequestTimer, drain: Drain | None) -> None:
+    timer.finished()
+    if drain is not None:
+        drain.finished(request)
+
+
 class OutpostResource(Resource):
     """
     The root of every listener of an outpost.
@@ -403,11 +409,14 @@ class OutpostResource(Resource):
         self.outpost = outpost
 
     def render(self, request: Request) -> bytes | int:
-        if self.outpost.drain is not None:
-            self.outpost.drain.track(request)
+        drain = self.outpost.drain
+        if drain is not None:
+            drain.started(request)
         stripSpoofable(request.requestHeaders)
         path = request.uri.partition(b"?")[0]
-        timer = self.outpost.metrics.timeRequest(request, "ping" if path == _PING else "app")
+        timer = self.outpost.metrics.timeRequest(request, "ping" if path == _PING else "app", follow=False)
+        # One finish notification for both (a Deferred each costs).
+        request.notifyFinish().addBoth(_requestDone, request, timer, drain)
         if path == _PING:
             known = self.outpost.applicationFor(request)
             timer.host = known.config.externalHostKey if known is not None else ""
