@@ -38,6 +38,15 @@ class _TokenError(Exception):
         self.basic = basic
 
 
+def _tokenErrorAnswer(error: _TokenError, request: Request) -> bytes:
+    """
+    The OAuth error answer for C{error} (RFC 6749 section 5.2).
+    """
+    if error.basic:
+        request.setHeader(b"www-authenticate", b'Basic realm="akoutpost development provider"')
+    return _json(request, {"error": error.error, "error_description": error.description}, error.status)
+
+
 class _TokenEndpoints(_ProviderState):
     """
     The token, introspection and userinfo endpoints of
@@ -70,9 +79,7 @@ class _TokenEndpoints(_ProviderState):
         except _ParameterError as e:
             return _json(request, {"error": "invalid_request", "error_description": str(e)}, 400)
         except _TokenError as e:
-            if e.basic:
-                request.setHeader(b"www-authenticate", b'Basic realm="akoutpost development provider"')
-            return _json(request, {"error": e.error, "error_description": e.description}, e.status)
+            return _tokenErrorAnswer(e, request)
         return _json(request, tokens)
 
     def _authenticateClient(self, request: Request) -> ClientRegistration:
@@ -297,9 +304,7 @@ class _TokenEndpoints(_ProviderState):
         except _ParameterError as e:
             return _json(request, {"error": "invalid_request", "error_description": str(e)}, 400)
         except _TokenError as e:
-            if e.basic:
-                request.setHeader(b"www-authenticate", b'Basic realm="akoutpost development provider"')
-            return _json(request, {"error": e.error, "error_description": e.description}, e.status)
+            return _tokenErrorAnswer(e, request)
         self.introspections += 1
         grant = self._accessTokens.get(token)
         if grant is None or self._clock.seconds() >= grant.expiresAt:
