@@ -90,6 +90,7 @@ class DemoService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        api = next(u for u in DEMO_USERS if u.appPassword)
         users = "\n".join(f"    {u.username} / {u.password}   (groups: {', '.join(u.groups)})" for u in DEMO_USERS)
         self.out.write(
             f"""
@@ -98,7 +99,9 @@ akoutpost demo: open http://127.0.0.1:{self.port}/ in a browser and sign in as
   The development OpenID provider runs on 127.0.0.1:{self.port + 1} and the echo
   application on 127.0.0.1:{self.port + 2}; /public/ is reachable without login,
   /outpost.goauthentik.io/sign_out signs out. Prometheus metrics are on
-  http://127.0.0.1:{self.port + 3}/metrics. Not for production.
+  http://127.0.0.1:{self.port + 3}/metrics. API clients can use an app
+  password instead of a login: curl -u {api.username}:{api.appPassword} http://127.0.0.1:{self.port}/
+  Not for production.
 """
         )
         self.out.flush()

@@ -7,8 +7,10 @@ serve and stop.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -323,6 +325,14 @@ class TwistdTests(TestCase):
         body = await readBody(response).addTimeout(10, reactor)
         self.assertEqual(response.code, 200)
         self.assertIn(b'akoutpost_logins_total{outpost_name="akoutpost demo outpost",provider="demo"} 0.0', body)
+
+        # The app password the demo prints signs an API client in.
+        match = re.search(r"curl -u (\S+):(\S+) ", output)
+        assert match is not None, output
+        credentials = base64.b64encode(f"{match[1]}:{match[2]}".encode()).decode("ascii")
+        response, body = await get("/api", {b"authorization": [f"Basic {credentials}".encode("ascii")]})
+        self.assertEqual(response.code, 200, body)
+        self.assertIn(f'["X-Authentik-Username", "{match[1]}"]'.encode(), body)
 
         await pool.closeCachedConnections()
         os.kill(process.transport.pid, signal.SIGTERM)  # type: ignore[union-attr]
