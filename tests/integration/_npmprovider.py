@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IProcessTransport
 from twisted.python.failure import Failure
@@ -157,3 +160,52 @@ def startNpmProvider(reactor: Any, config: dict[str, Any], tmpdir: str) -> Defer
         return NpmProvider(port, f"http://127.0.0.1:{port}{issuerPath}", runner.transport, runner)
 
     return Deferred.fromCoroutine(started())
+
+
+async def startWithNpmProvider(
+    testCase: Any,
+    stack: Any,
+    prefix: str,
+    users: list[dict[str, Any]],
+    *,
+    extraRedirectUris: tuple[str, ...] = (),
+    client: Callable[[str], dict[str, Any]] = lambda name: {},
+    **config: Any,
+) -> tuple[NpmProvider, dict[str, tuple[str, str]]]:
+    """
+    Start the npm provider with one confidential client per provider of
+    C{stack} (an L{tests.integration._stack.OutpostStack}), then the stack
+    against it; the provider is stopped in C{testCase}'s cleanup.
+
+    @param prefix: Starts every client id and secret.
+    @param client: Extra client metadata for the provider called C{name}.
+    @param config: Extra keys of C{server.mjs}'s configuration.
+    @return: The provider, and each provider's client id and secret by name.
+    """
+    from ._stack import PROVIDERS, redirectUri
+
+    tmpdir = testCase.mktemp()
+    os.mkdir(tmpdir)
+    clients = {name: (f"{prefix}-{name}", f"{prefix}-secret-{name}-0123456789") for name in PROVIDERS}
+    provider: NpmProvider = await startNpmProvider(
+        _reactor,
+        {
+            "issuerPath": "/oidc",
+            "clients": [
+                {
+                    "client_id": clientId,
+                    "client_secret": secret,
+                    "redirect_uris": [redirectUri(stack.external[name]), *extraRedirectUris],
+                    "token_endpoint_auth_method": "client_secret_basic",
+                    **client(name),
+                }
+                for name, (clientId, secret) in clients.items()
+            ],
+            "users": users,
+            **config,
+        },
+        tmpdir,
+    )
+    testCase.addCleanup(provider.stop)
+    await stack.start(provider.issuer, clients)
+    return provider, clients

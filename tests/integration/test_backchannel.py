@@ -8,12 +8,10 @@ it POST a logout token there, and the outpost sessions stop working.
 
 from __future__ import annotations
 
-import os
-
 from twisted.trial.unittest import TestCase
 
-from ._npmprovider import NpmProvider, npmProviderAvailable, startNpmProvider
-from ._stack import HOSTS, JSON, PROVIDERS, OutpostStack, reactor, redirectUri
+from ._npmprovider import npmProviderAvailable, startWithNpmProvider
+from ._stack import HOSTS, JSON, OutpostStack
 from .test_interop import USER
 
 
@@ -23,32 +21,17 @@ class BackchannelLogoutTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.stack = OutpostStack(self)
-        tmpdir = self.mktemp()
-        os.mkdir(tmpdir)
-        clients = {name: (f"bcl-{name}", f"bcl-secret-{name}-0123456789") for name in PROVIDERS}
-        self.provider: NpmProvider = await startNpmProvider(
-            reactor,
-            {
-                "issuerPath": "/oidc",
-                "clients": [
-                    {
-                        "client_id": clientId,
-                        "client_secret": secret,
-                        "redirect_uris": [redirectUri(self.stack.external[name])],
-                        "token_endpoint_auth_method": "client_secret_basic",
-                        "backchannel_logout_uri": self.stack.external[name]
-                        + "/outpost.goauthentik.io/backchannel-logout",
-                        "backchannel_logout_session_required": True,
-                    }
-                    for name, (clientId, secret) in clients.items()
-                ],
-                "users": [USER],
-                "hosts": HOSTS,
+        self.provider, _ = await startWithNpmProvider(
+            self,
+            self.stack,
+            "bcl",
+            [USER],
+            client=lambda name: {
+                "backchannel_logout_uri": self.stack.external[name] + "/outpost.goauthentik.io/backchannel-logout",
+                "backchannel_logout_session_required": True,
             },
-            tmpdir,
+            hosts=HOSTS,
         )
-        self.addCleanup(self.provider.stop)
-        await self.stack.start(self.provider.issuer, clients)
 
     async def test_providerEndsTheSession(self) -> None:
         for name in ("a", "c"):

@@ -33,8 +33,8 @@ from akoutpost.testing import DEMO_USERS
 
 from . import test_forward_fronts
 from ._browser import submitLogin
-from ._npmprovider import NpmProvider, npmProviderAvailable, startNpmProvider
-from ._stack import CLIENTS, JSON, PROVIDERS, OutpostStack, echoed, reactor, redirectUri, startDevelopmentProvider
+from ._npmprovider import NpmProvider, npmProviderAvailable, startNpmProvider, startWithNpmProvider
+from ._stack import CLIENTS, JSON, OutpostStack, echoed, reactor, startDevelopmentProvider
 from ._upstream import _RawWebSocket
 from .fronts import caddy, envoy, nginx, traefik
 from .test_forward_fronts import SINGLE_HOSTS, _FrontWalk
@@ -61,30 +61,15 @@ class NpmProviderHeaderAuthTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.stack = OutpostStack(self)
-        tmpdir = self.mktemp()
-        os.mkdir(tmpdir)
-        self.clients = {name: (f"hdr-{name}", f"hdr-secret-{name}-0123456789") for name in PROVIDERS}
-        self.provider: NpmProvider = await startNpmProvider(
-            reactor,
-            {
-                "issuerPath": "/oidc",
-                "clients": [
-                    {
-                        "client_id": clientId,
-                        "client_secret": secret,
-                        "redirect_uris": [redirectUri(self.stack.external[name]), API_CALLBACK],
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                    for name, (clientId, secret) in self.clients.items()
-                ],
-                "users": [USER],
-                "introspection": True,
-                "appPasswordGrant": True,
-            },
-            tmpdir,
+        self.provider, self.clients = await startWithNpmProvider(
+            self,
+            self.stack,
+            "hdr",
+            [USER],
+            extraRedirectUris=(API_CALLBACK,),
+            introspection=True,
+            appPasswordGrant=True,
         )
-        self.addCleanup(self.provider.stop)
-        await self.stack.start(self.provider.issuer, self.clients)
 
     async def accessToken(self, name: str) -> str:
         """

@@ -8,12 +8,10 @@ upstream, sign out across the providers of one outpost only.
 
 from __future__ import annotations
 
-import os
-
 from twisted.trial.unittest import TestCase
 
-from ._npmprovider import NpmProvider, npmProviderAvailable, startNpmProvider
-from ._stack import PROVIDERS, OutpostStack, reactor, redirectUri
+from ._npmprovider import npmProviderAvailable, startWithNpmProvider
+from ._stack import OutpostStack
 
 USER = {
     "username": "carol",
@@ -33,28 +31,7 @@ class InteropTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.stack = OutpostStack(self)
-        tmpdir = self.mktemp()
-        os.mkdir(tmpdir)
-        clients = {name: (f"interop-{name}", f"interop-secret-{name}-0123456789") for name in PROVIDERS}
-        self.provider: NpmProvider = await startNpmProvider(
-            reactor,
-            {
-                "issuerPath": "/oidc",
-                "clients": [
-                    {
-                        "client_id": clientId,
-                        "client_secret": secret,
-                        "redirect_uris": [redirectUri(self.stack.external[name])],
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                    for name, (clientId, secret) in clients.items()
-                ],
-                "users": [USER],
-            },
-            tmpdir,
-        )
-        self.addCleanup(self.provider.stop)
-        await self.stack.start(self.provider.issuer, clients)
+        self.provider, _ = await startWithNpmProvider(self, self.stack, "interop", [USER])
 
     async def test_loginHeadersSignOut(self) -> None:
         await self.stack.walk(
