@@ -57,7 +57,7 @@ from akoutpost.headers import (
 from akoutpost.metrics import NO_METRICS, ProviderMetrics
 from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
 from akoutpost.pages import renderPage
-from akoutpost.proxy import UpstreamProxy
+from akoutpost.proxy import UpstreamProxy, dropConnectionNamed
 from akoutpost.redirect import checkRedirect
 from akoutpost.session import CookieSigner, Session, SessionStore
 from akoutpost.state import REMEMBER_FOR, STATE_LIFETIME, InvalidState, LoginStates, RedirectMemory
@@ -727,6 +727,7 @@ class Application:
         trusted = self.isTrusted(request)
         session = self.currentSession(request)
         stripCookies(request.requestHeaders, self.ownCookies)
+        dropConnectionNamed(request.requestHeaders)
         if session is not None:
             return self._proxySignedIn(request, session, originalHost, trusted)
 

@@ -10,7 +10,8 @@ each fetch the same discovery document and key set: a fetch under way for a
 URL is joined by every client asking for it meanwhile, and an answer younger
 than the asker's C{maxAge} is reused.  Failures are never reused: the next
 asker fetches again.  So 1,000 providers behind one issuer start with one
-discovery request, not 1,000.
+discovery request, not 1,000.  (Key sets are shared only while being
+fetched, see L{akoutpost.oidc.OpenIDClient}.)
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from twisted.python.failure import Failure
 
 #: How long a discovery document is reused by other clients, in seconds.
 DISCOVERY_MAX_AGE = 300.0
-#: How long a key set is reused by other clients, in seconds: short, so that
-#: a client that met an unknown key after a rotation fetches the new set.
-JWKS_MAX_AGE = 5.0
 
 
 @dataclass(frozen=True)

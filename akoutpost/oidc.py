@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from akoutpost.documents import DISCOVERY_MAX_AGE, JWKS_MAX_AGE, DocumentCache
+from akoutpost.documents import DISCOVERY_MAX_AGE, DocumentCache
 from akoutpost.tokens import (
     KeySet,
     SignatureMismatch,
@@ -519,7 +519,10 @@ class OpenIDClient:
         fetching = self.documents.get(
             ("jwks", metadata.jwksUri),
             lambda: self._getJSON(metadata.jwksUri).addCallback(KeySet.fromJWKS),
-            JWKS_MAX_AGE,
+            # Only a fetch under way is shared, never an earlier answer: a
+            # key set fetched before a rotation would keep the client from
+            # the new key for the whole refetch interval.
+            0.0,
         )
         fetching.addCallbacks(done, failed).addCallback(release)
         return waiter

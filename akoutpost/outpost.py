@@ -43,7 +43,6 @@ _MAX_HOST = 1024
 _MAX_REMEMBERED_PEERS = 4096
 
 
-@lru_cache(maxsize=1024)
 def requestHostKey(host: bytes) -> str | None:
     """
     The canonical key of a C{Host} header value, or L{None} when it is not a
@@ -51,6 +50,15 @@ def requestHostKey(host: bytes) -> str | None:
     """
     if not host or len(host) > _MAX_HOST:
         return None
+    return _hostKeyOf(host)
+
+
+@lru_cache(maxsize=1024)
+def _hostKeyOf(host: bytes) -> str | None:
+    """
+    L{requestHostKey} of a value of at most C{_MAX_HOST} bytes, remembered
+    (clients send the same few hosts again and again).
+    """
     try:
         text = host.decode("ascii").strip()
     except UnicodeDecodeError:

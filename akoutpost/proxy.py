@@ -72,6 +72,8 @@ DEFAULT_RESPONSE_TIMEOUT = 60.0
 #: and the forwarding headers the outpost sets itself.
 _NOT_COPIED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 _NO_TOKENS: frozenset[bytes] = frozenset()
+#: The longest header name or Connection value the module-wide caches keep.
+_CACHED_LENGTH = 64
 _tokenCache: dict[tuple[bytes, ...], frozenset[bytes]] = {}
 
 
@@ -87,9 +89,32 @@ def _connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
     tokens = _tokenCache.get(key)
     if tokens is None:
         tokens = frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
-        if len(_tokenCache) < 256:
+        # Only short values are remembered, and so many: clients choose them.
+        if len(_tokenCache) < 256 and sum(len(v) for v in values) <= _CACHED_LENGTH:
             _tokenCache[key] = tokens
     return tokens
+
+
+def dropConnectionNamed(headers: Headers) -> None:
+    """
+    Remove, in place, the end-to-end headers that the client's C{Connection}
+    header names, and those names from it (hop-by-hop ones such as
+    C{upgrade} stay).  Done before the outpost adds its own headers, so that
+    a client cannot have them removed on the way upstream by naming them
+    (C{Connection: X-authentik-groups}).
+    """
+    values = headers.getRawHeaders(b"connection")
+    tokens = _connectionTokens(values)
+    named = tokens - HOP_BY_HOP
+    if not named:
+        return
+    for name in named:
+        headers.removeHeader(name)
+    kept = sorted(tokens & HOP_BY_HOP)
+    if kept:
+        headers.setRawHeaders(b"connection", [b", ".join(kept)])
+    else:
+        headers.removeHeader(b"connection")
 
 
 def _isForwarding(name: bytes) -> bool:
@@ -111,7 +136,7 @@ def _copyRule(name: bytes) -> int:
     if rule is None:
         lower = name.lower()
         rule = _NEVER if lower in _NOT_COPIED else _FROM_TRUSTED if _isForwarding(lower) else _ALWAYS
-        if len(_copyRules) < 1024:
+        if len(_copyRules) < 1024 and len(name) <= _CACHED_LENGTH:
             _copyRules[name] = rule
     return rule
 

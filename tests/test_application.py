@@ -433,6 +433,27 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(len(self.world.outposts["main"].store), 1)
 
+    def test_connectionHeaderCannotRemoveIdentityHeaders(self) -> None:
+        """
+        Headers the client's C{Connection} header names are not passed on,
+        but naming the identity headers does not take them away from the
+        upstream: they are added after the client's names are dealt with.
+        """
+        self.world.login("https://a.example.com/")
+        response, body = self.world.get(
+            "https://a.example.com/x",
+            {
+                "Accept": "application/json",
+                "Connection": "X-authentik-username, X-authentik-groups, X-Custom",
+                "X-Custom": "dropped",
+            },
+        )
+        self.assertEqual(response.code, 200)
+        headers = echoed(body)
+        self.assertEqual(headers["x-authentik-username"], ["akadmin"])
+        self.assertEqual(headers["x-authentik-groups"], ["admins|users"])
+        self.assertNotIn("x-custom", headers)
+
     def test_freshSessionIdAtLogin(self) -> None:
         """
         A cookie present before login is never the one signed in.

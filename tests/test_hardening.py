@@ -219,3 +219,28 @@ class TrustedProxyTests(SynchronousTestCase):
         request = DummyRequest([b""])
         request.client = IPv6Address("TCP", "::ffff:127.0.0.1", 12345)
         self.assertTrue(outpost.isTrusted(request))
+
+
+class BoundedCacheTests(SynchronousTestCase):
+    """
+    The module-wide caches of the request path keep only short,
+    client-chosen values, so that clients cannot pin much memory in them.
+    """
+
+    def test_longHostsNotRemembered(self) -> None:
+        from akoutpost.outpost import _hostKeyOf, requestHostKey
+
+        before = _hostKeyOf.cache_info().currsize
+        for n in range(20):
+            self.assertIsNone(requestHostKey(b"h%d" % n + b"x" * 4000))
+        self.assertEqual(_hostKeyOf.cache_info().currsize, before)
+        self.assertEqual(requestHostKey(b"App.Example.COM:443"), "app.example.com:443")
+
+    def test_longHeaderNamesAndConnectionValuesNotRemembered(self) -> None:
+        from akoutpost import proxy
+
+        names, values = len(proxy._copyRules), len(proxy._tokenCache)
+        for n in range(20):
+            self.assertEqual(proxy._copyRule(b"X-Long-%d-" % n + b"y" * 200), proxy._ALWAYS)
+            self.assertEqual(proxy._connectionTokens([b"a%d, " % n + b"z" * 200]), {b"a%d" % n, b"z" * 200})
+        self.assertEqual((len(proxy._copyRules), len(proxy._tokenCache)), (names, values))

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from akoutpost.documents import DocumentCache
 from akoutpost.oidc import OpenIDClient, ProviderError, ProviderUnavailable
 from akoutpost.tokens import TokenError
 
@@ -206,6 +207,32 @@ class ClientTests(SynchronousTestCase):
         # The provider rotates its key; after the interval it is fetched.
         self.provider.jwks["keys"][0]["kid"] = "k2"
         self.clock.advance(31)
+        self.provider.token = (200, json.dumps({"id_token": idToken(self.clock, kid="k2")}).encode())
+        self.assertEqual(self.successResultOf(self.redeem()).claims["sub"], "u1")
+        self.assertEqual(self.provider.paths().count(b"/o/jwks/"), 2)
+
+    def test_rotationSeenByAClientSharingTheKeys(self) -> None:
+        """
+        Two clients of one issuer share their documents.  The second meets a
+        key the provider rotated to just after the first fetched the key
+        set: its refetch goes to the provider, not to the shared set from
+        before the rotation.
+        """
+        self.client.stop()
+        documents = DocumentCache(self.clock)
+        first = OpenIDClient(ISSUER, "client", "p@ss word", self.agent, self.clock, "a", documents=documents)
+        second = OpenIDClient(ISSUER, "client", "p@ss word", self.agent, self.clock, "b", documents=documents)
+        for client in (first, second):
+            self.addCleanup(client.stop)
+            client.start()
+        self.agent.flush()
+        self.client = first
+        self.provider.token = (200, json.dumps({"id_token": idToken(self.clock)}).encode())
+        self.successResultOf(self.redeem())
+        self.assertEqual(self.provider.paths().count(b"/o/jwks/"), 1)
+        self.provider.jwks["keys"][0]["kid"] = "k2"
+        self.clock.advance(2)
+        self.client = second
         self.provider.token = (200, json.dumps({"id_token": idToken(self.clock, kid="k2")}).encode())
         self.assertEqual(self.successResultOf(self.redeem()).claims["sub"], "u1")
         self.assertEqual(self.provider.paths().count(b"/o/jwks/"), 2)
