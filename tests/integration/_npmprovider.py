@@ -37,7 +37,7 @@ __all__ = [
 
 NODE_DIR: FilePath[str] = FilePath(__file__).sibling("oidc_provider")
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 _configNumbers = itertools.count()
 

@@ -16,7 +16,7 @@ from .test_interop import USER
 
 
 class BackchannelLogoutTests(TestCase):
-    timeout = 90
+    timeout = 120
     skip = npmProviderAvailable()
 
     async def setUp(self) -> None:  # type: ignore[override]

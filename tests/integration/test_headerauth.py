@@ -56,7 +56,7 @@ def jwtPayload(token: str) -> Any:
 
 
 class NpmProviderHeaderAuthTests(TestCase):
-    timeout = 90
+    timeout = 120
     skip = npmProviderAvailable()
 
     async def setUp(self) -> None:  # type: ignore[override]

@@ -26,7 +26,7 @@ USER = {
 
 
 class InteropTests(TestCase):
-    timeout = 90
+    timeout = 120
     skip = npmProviderAvailable()
 
     async def setUp(self) -> None:  # type: ignore[override]

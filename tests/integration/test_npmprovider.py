@@ -94,7 +94,7 @@ class NpmProviderTests(TestCase):
     The npm provider, driven the way the outpost will drive it.
     """
 
-    timeout = 60
+    timeout = 120
     skip = npmProviderAvailable()
 
     async def setUp(self) -> None:  # type: ignore[override]
