@@ -93,9 +93,3 @@ class DocumentCache:
                 each.errback(Failure(result.value, result.type, result.getTracebackObject()))
             else:
                 each.callback(result)
-
-    def forget(self, key: Hashable) -> None:
-        """
-        Drop the document called C{key}, so the next asker fetches it.
-        """
-        self._fetched.pop(key, None)

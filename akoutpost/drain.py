@@ -47,19 +47,13 @@ class Drain(Service):
         self._inFlight: dict[Request, Any] = {}
         self._waiters: list[Deferred[None]] = []
 
-    def track(self, request: Request) -> None:
-        """
-        Follow C{request} until it finishes.  Its channel is captured now:
-        twisted.web forgets it before the finish notification fires.
-        """
-        self.started(request)
-        request.notifyFinish().addBoth(self._finished, request)
-
     def started(self, request: Request) -> None:
         """
         C{request} is in flight until L{finished} is called for it (by
         whoever already follows its finish, so that a request costs one
-        notification, not one per interested party).
+        notification, not one per interested party).  Its channel is
+        captured now: twisted.web forgets it before the finish notification
+        fires.
         """
         self._inFlight[request] = request.channel
 
@@ -67,9 +61,6 @@ class Drain(Service):
         """
         C{request} finished, or its client went away.
         """
-        self._finished(None, request)
-
-    def _finished(self, _: object, request: Request) -> None:
         channel = self._inFlight.pop(request, None)
         if not self.draining:
             return

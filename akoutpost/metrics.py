@@ -149,7 +149,7 @@ class RequestTimer:
         self._kind = kind
         self._started = started
 
-    def finished(self, ignored: object = None) -> None:
+    def finished(self) -> None:
         """
         The request was answered (or its client went away): observe its
         duration.
@@ -326,17 +326,13 @@ class OutpostMetrics:
         """
         self._sessionKeys.setdefault(provider, set()).add(providerKey)
 
-    def timeRequest(self, request: Request, kind: str, follow: bool = True) -> RequestTimer:
+    def timeRequest(self, request: Request, kind: str) -> RequestTimer:
         """
-        Time C{request} from now until it finishes (or its client goes away).
-
-        @param follow: Whether to follow the request's finish here; if not,
-            the caller calls the timer's C{finished} itself.
+        Time C{request} from now; the caller, which follows the request's
+        finish anyway, calls the timer's C{finished} when it is answered
+        (or its client goes away).
         """
-        timer = RequestTimer(self, methodLabel(request.method), kind, self.clock.seconds())
-        if follow:
-            request.notifyFinish().addBoth(timer.finished)
-        return timer
+        return RequestTimer(self, methodLabel(request.method), kind, self.clock.seconds())
 
     def _requestSeries(self, method: str, host: str, kind: str) -> Any:
         key = (method, host, kind)

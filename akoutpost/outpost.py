@@ -422,7 +422,7 @@ class OutpostResource(Resource):
             drain.started(request)
         stripSpoofable(request.requestHeaders)
         path = request.uri.partition(b"?")[0]
-        timer = self.outpost.metrics.timeRequest(request, "ping" if path == _PING else "app", follow=False)
+        timer = self.outpost.metrics.timeRequest(request, "ping" if path == _PING else "app")
         # One finish notification for both (a Deferred each costs).
         request.notifyFinish().addBoth(_requestDone, request, timer, drain)
         if path == _PING:

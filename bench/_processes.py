@@ -221,3 +221,17 @@ class Processes:
                     if rest.poll() is None:
                         os.kill(rest.pid, signal.SIGKILL)
                 raise
+
+
+def readHead(s: socket.socket, size: int = 4096) -> bytes:
+    """
+    Read from C{s} until a whole HTTP response head has arrived; return all
+    that was read (the head, and whatever of the body came with it).
+    """
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = s.recv(size)
+        if not chunk:
+            raise RuntimeError("the connection closed before the response head")
+        received += chunk
+    return received

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import _outpost
 import _stack
-from _processes import LOOPBACK, SERVER_CPU, Processes, freePort, memoryKiB
+from _processes import LOOPBACK, SERVER_CPU, Processes, freePort, memoryKiB, readHead
 from _report import Row
 from _settings import Settings
 
@@ -37,12 +37,7 @@ def _raiseFileLimit(wanted: int) -> None:
 
 
 def _answered(s: socket.socket) -> None:
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise RuntimeError("a connection closed before its answer")
-        answer += chunk
+    answer = readHead(s)
     if b"connection: close" in answer.lower():
         raise RuntimeError("the server did not keep the connection open")
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 import _outpost
-from _processes import LOOPBACK, Processes, freePort, memoryKiB, resetPeakMemory, waitForPort
+from _processes import LOOPBACK, Processes, freePort, memoryKiB, readHead, resetPeakMemory, waitForPort
 from _report import Row
 
 UPSTREAM = (
@@ -58,12 +58,7 @@ def download(port: int, mib: int, timeout: float = 300.0) -> tuple[int, float]:
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
         start = time.perf_counter()
         s.sendall(f"GET /big/{mib} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError("connection closed before the response head")
-            head += chunk
+        head = readHead(s, 65536)
         received = len(head.split(b"\r\n\r\n", 1)[1])
         buffer = bytearray(1 << 20)
         while True:

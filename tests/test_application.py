@@ -84,6 +84,24 @@ def hiddenFields(body: str) -> dict[str, str]:
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
 
+def basicAuthWorld(testCase: SynchronousTestCase, secret: str) -> World:
+    """
+    A L{World} whose only user, C{svc} (password C{svc-pw}), has the
+    attributes C{login} (C{svc}) and C{secret}, and whose providers send
+    them upstream as basic auth.
+    """
+    user = DemoUser(
+        "svc", "svc-pw", "sub-svc", "Service", "svc@example.com", attributes={"login": "svc", "secret": secret}
+    )
+    return World(
+        testCase,
+        users=(user,),
+        basic_auth_enabled=True,
+        basic_auth_user_attribute="login",
+        basic_auth_password_attribute="secret",
+    )
+
+
 class World:
     """
     Two outposts: C{main} with providers C{a} (skip C{^/public/}) and C{b},
@@ -511,16 +529,7 @@ class LoginTests(SynchronousTestCase):
         With basic_auth_enabled, the upstream gets Authorization: Basic built
         from the user's attributes, replacing whatever the client sent.
         """
-        user = DemoUser(
-            "svc", "svc-pw", "sub-svc", "Service", "svc@example.com", attributes={"login": "svc", "secret": "s3cr:t"}
-        )
-        world = World(
-            self,
-            users=(user,),
-            basic_auth_enabled=True,
-            basic_auth_user_attribute="login",
-            basic_auth_password_attribute="secret",
-        )
+        world = basicAuthWorld(self, "s3cr:t")
         response, _ = world.login("https://a.example.com/", "svc", "svc-pw")
         self.assertEqual(response.code, 200)
         _, body = world.get(

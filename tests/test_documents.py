@@ -101,13 +101,6 @@ class DocumentCacheTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.cache.get("u", lambda: succeed("doc"), 60)), "doc")
         self.assertEqual(self.successResultOf(self.cache.get("u", self.fetch, 60)), "doc")
 
-    def test_forget(self) -> None:
-        self.cache.get("u", self.fetch, 60)
-        self.fetch.pending[0].callback("doc")
-        self.cache.forget("u")
-        self.cache.get("u", self.fetch, 60)
-        self.assertEqual(len(self.fetch.pending), 2)
-
 
 class SharedAcrossOutpostsTests(ReloadCase):
     """

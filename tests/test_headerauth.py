@@ -42,7 +42,7 @@ from akoutpost.headers import IDENTITY_HEADERS
 from akoutpost.oidc import OpenIDClient, ProviderError, ProviderMetadata
 from akoutpost.testing import DEMO_USERS, DemoUser
 from akoutpost.tokens import TokenError
-from tests.test_application import HTML, ISSUER, DownAgent, World, echoed, location
+from tests.test_application import HTML, ISSUER, DownAgent, World, basicAuthWorld, echoed, location
 from tests.test_forward import World as ForwardWorld
 from tests.test_forward import identity
 
@@ -666,16 +666,7 @@ class ProxyModeTests(SynchronousTestCase):
         self.assertFalse([name for name in headers if name.startswith("x-authentik")])
 
     def test_basicAuthToUpstreamReplacesTheBearer(self) -> None:
-        user = DemoUser(
-            "svc", "svc-pw", "sub-svc", "Service", "svc@example.com", attributes={"login": "svc", "secret": "s3"}
-        )
-        world = World(
-            self,
-            users=(user,),
-            basic_auth_enabled=True,
-            basic_auth_user_attribute="login",
-            basic_auth_password_attribute="secret",
-        )
+        world = basicAuthWorld(self, "s3")
         token = world.idp.issueAccessToken("client-a", "svc")
         _, body = world.get("https://a.example.com/x", {"Authorization": f"Bearer {token}", **JSON})
         self.assertEqual(echoed(body)["authorization"], ["Basic " + base64.b64encode(b"svc:s3").decode()])
