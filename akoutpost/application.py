@@ -51,7 +51,9 @@ from akoutpost.headers import (
     applyHeaders,
     applyIdentity,
     identityHeaders,
+    identityLines,
     metaHeaders,
+    metaLines,
     stripCookies,
 )
 from akoutpost.metrics import NO_METRICS, ProviderMetrics
@@ -59,6 +61,7 @@ from akoutpost.oidc import LoginResult, OpenIDClient, ProviderUnavailable
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy, dropConnectionNamed
 from akoutpost.redirect import checkRedirect
+from akoutpost.server import OutpostRequest
 from akoutpost.session import CookieSigner, Session, SessionStore
 from akoutpost.state import REMEMBER_FOR, STATE_LIFETIME, InvalidState, LoginStates, RedirectMemory
 from akoutpost.tokens import TokenError, logoutTokenExpiry
@@ -173,7 +176,7 @@ class Application:
     log = Logger()
     metrics: ProviderMetrics = NO_METRICS
     # See identityContext.
-    _identity: tuple[ProviderConfig, str, str, IdentityContext, tuple[tuple[bytes, bytes], ...]] | None = None
+    _identity: tuple[ProviderConfig, str, str, IdentityContext, tuple[tuple[bytes, bytes], ...], bytes] | None = None
     #: Gives every provider of the outpost at call time (set by the outpost):
     #: a sign-out ends the user's cached header identities in all of them.
     peers: Callable[[], Iterable[Application]] | None = None
@@ -567,7 +570,8 @@ class Application:
                 basicAuthUserAttribute=self.config.basic_auth_user_attribute,
                 basicAuthPasswordAttribute=self.config.basic_auth_password_attribute,
             )
-            cached = self._identity = (self.config, self.outpostName, jwksUri, context, metaHeaders(context))
+            meta = metaHeaders(context)
+            cached = self._identity = (self.config, self.outpostName, jwksUri, context, meta, metaLines(meta))
         return cached[3]
 
     def _applyIdentity(self, headers: Headers, identity: Session | HeaderIdentity) -> None:
@@ -582,6 +586,22 @@ class Application:
             applyIdentity(headers, identity.headerValues, self._identity[4], identity.attributes, context)
         else:
             applyHeaders(headers, identityHeaders(identity.claims, identity.rawToken, context))
+
+    def _prepareIdentity(self, request: OutpostRequest, identity: Session | HeaderIdentity) -> bool:
+        """
+        Give a session's identity headers to C{request} as prepared lines
+        (checked at login, not again on every answer); C{False} when they
+        have to be set one by one instead.
+        """
+        if not isinstance(identity, Session):
+            return False
+        context = self.identityContext()
+        assert self._identity is not None
+        lines = identityLines(identity.headerValues, self._identity[5], identity.attributes, context)
+        if lines is None:
+            return False
+        request.addHeaderLines(lines)
+        return True
 
     def isAllowlisted(self, request: Request) -> bool:
         """
@@ -650,7 +670,8 @@ class Application:
         anonymous (L{None}).
         """
         if identity is not None:
-            self._applyIdentity(request.responseHeaders, identity)
+            if not (isinstance(request, OutpostRequest) and self._prepareIdentity(request, identity)):
+                self._applyIdentity(request.responseHeaders, identity)
             request.setHeader(b"user-agent", request.getHeader(b"user-agent") or b"")
             return b""
         if self.allowsTarget(forwarded.scheme, forwarded.netloc, forwarded.path.encode("latin-1"), forwarded.query):

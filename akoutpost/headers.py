@@ -201,6 +201,15 @@ def _basicAuthorization(attributes: Mapping[str, Any], email: str, context: Iden
     return f"Basic {token}"
 
 
+#: Names an C{additionalHeaders} entry can never have: they frame the
+#: message or belong to one connection, and a second C{Content-Length} or a
+#: C{Transfer-Encoding} would let whoever edits user attributes desynchronise
+#: the upstream or the front proxy.
+_FRAMING_NAMES = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer", "host"}
+)
+
+
 def _additionalHeaders(attributes: Mapping[str, Any]) -> list[tuple[str, str]]:
     extra = attributes.get("additionalHeaders")
     if not isinstance(extra, dict):
@@ -208,7 +217,7 @@ def _additionalHeaders(attributes: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         (name, _safeValue(_text(value)))
         for name, value in extra.items()
-        if isinstance(name, str) and _TOKEN.match(name) and "_" not in name
+        if isinstance(name, str) and _TOKEN.match(name) and "_" not in name and name.lower() not in _FRAMING_NAMES
     ]
 
 
@@ -298,3 +307,62 @@ def applyIdentity(
             headers.setRawHeaders(b"Authorization", [authorization.encode("utf-8")])
     for index in range(USER_HEADER_COUNT, len(userValues), 2):
         headers.setRawHeaders(userValues[index], [userValues[index + 1]])
+
+
+# The same headers as prepared response lines (see
+# akoutpost.server.OutpostRequest.addHeaderLines): names in the case
+# twisted.web would write them, values as checked at login.
+
+
+def canonicalName(name: bytes) -> bytes:
+    """
+    C{name} in the capitalisation twisted.web writes headers with
+    (C{X-Authentik-Username}).
+    """
+    return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+_USER_LINES = b"".join(canonicalName(name) + b": %s\r\n" for name in _USER_NAMES)
+#: Names an additional header cannot have on the prepared path: the
+#: identity headers (it would replace one) and what an answer carries anyway.
+_LINE_NAMES = frozenset(
+    [name.lower() for name in _USER_NAMES + _META_NAMES]
+    + [b"authorization", b"content-type", b"cache-control", b"set-cookie", b"date", b"server", b"user-agent"]
+)
+
+
+def metaLines(meta: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """
+    The provider's meta headers (from L{metaHeaders}) as response lines.
+    """
+    return b"".join(canonicalName(name) + b": " + value + b"\r\n" for name, value in meta)
+
+
+def identityLines(
+    userValues: tuple[bytes, ...],
+    meta: bytes,
+    attributes: Mapping[str, Any] | None,
+    context: IdentityContext,
+) -> bytes | None:
+    """
+    What L{applyIdentity} sets, as response lines, with C{meta} from
+    L{metaLines}; or L{None} when one of the user's C{additionalHeaders}
+    replaces one of these headers (then L{applyIdentity} must be used, which
+    lets the later header win).
+    """
+    lines = _USER_LINES % userValues[:USER_HEADER_COUNT] + meta
+    if attributes is not None and context.basicAuthEnabled:
+        authorization = _basicAuthorization(attributes, userValues[3].decode("utf-8"), context)
+        if authorization is not None:
+            lines += b"Authorization: " + authorization.encode("ascii") + b"\r\n"
+    if len(userValues) == USER_HEADER_COUNT:
+        return lines
+    extra = []
+    seen = set()
+    for index in range(USER_HEADER_COUNT, len(userValues), 2):
+        name = userValues[index].lower()
+        if name in _LINE_NAMES or name in seen:
+            return None
+        seen.add(name)
+        extra.append(canonicalName(userValues[index]) + b": " + userValues[index + 1] + b"\r\n")
+    return lines + b"".join(extra)

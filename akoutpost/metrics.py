@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from twisted.internet import defer, error
@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from akoutpost import __version__
+from akoutpost.histogram import ReactorHistogram
 
 OUTPOST_TYPE = "proxy"
 PING_PATH = b"/outpost.goauthentik.io/ping"
@@ -57,14 +58,17 @@ BACKCHANNEL_OUTCOMES = ("accepted", "refused")
 #: The values of C{akoutpost_config_reloads}' C{outcome} label.
 RELOAD_OUTCOMES = ("applied", "refused")
 
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"})
+_METHODS = {
+    method: method.decode("ascii")
+    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
+}
 
 
 def methodLabel(method: bytes) -> str:
     """
     The C{method} label of a request: a standard method, else C{other}.
     """
-    return method.decode("ascii") if method in _METHODS else "other"
+    return _METHODS.get(method, "other")
 
 
 def upstreamErrorKind(failure: Failure) -> str:
@@ -184,17 +188,18 @@ class OutpostMetrics:
         self.clock = clock
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requestDuration = Histogram(
+        # Observed by every request, from the reactor thread only.
+        self.requestDuration = ReactorHistogram(
             "authentik_outpost_proxy_request_duration_seconds",
             "Time taken to answer requests, until the last byte is written",
             ["outpost_name", "method", "host", "type"],
-            registry=registry,
+            registry,
         )
-        self.upstreamDuration = Histogram(
+        self.upstreamDuration = ReactorHistogram(
             "authentik_outpost_proxy_upstream_response_duration_seconds",
             "Time from sending a request upstream to the upstream's response headers (or its failure)",
             ["outpost_name", "method", "scheme", "host", "upstream_host"],
-            registry=registry,
+            registry,
         )
         identity = ["outpost_name", "outpost_type", "uuid", "version", "build"]
         self.info = Gauge("authentik_outpost_info", "Outpost info", identity, registry=registry)

@@ -34,7 +34,7 @@ from akoutpost.oidc import OpenIDClient
 from akoutpost.pages import renderPage
 from akoutpost.proxy import UpstreamProxy
 from akoutpost.reload import providerIdentity, sameClient, sameProvider
-from akoutpost.server import OutpostSite
+from akoutpost.server import OutpostRequest, OutpostSite
 from akoutpost.session import SessionStore
 
 _PING = f"{OUTPOST_PREFIX}/ping".encode("ascii")
@@ -423,8 +423,12 @@ class OutpostResource(Resource):
         stripSpoofable(request.requestHeaders)
         path = request.uri.partition(b"?")[0]
         timer = self.outpost.metrics.timeRequest(request, "ping" if path == _PING else "app")
-        # One finish notification for both (a Deferred each costs).
-        request.notifyFinish().addBoth(_requestDone, request, timer, drain)
+        # One finish notification for both, without a Deferred when the
+        # request is the outpost's own.
+        if isinstance(request, OutpostRequest):
+            request.whenDone(_requestDone, None, request, timer, drain)
+        else:
+            request.notifyFinish().addBoth(_requestDone, request, timer, drain)
         if path == _PING:
             known = self.outpost.applicationFor(request)
             timer.host = known.config.externalHostKey if known is not None else ""

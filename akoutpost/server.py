@@ -35,6 +35,8 @@ from akoutpost.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAU
 #: client reads it.
 LINGER_TIMEOUT = 5.0
 
+_log = Logger()
+
 
 def noBodyLimit(request: Request) -> int:
     """
@@ -55,7 +57,9 @@ def _answer(status: bytes, message: bytes) -> bytes:
 
 class OutpostRequest(Request):
     """
-    A request whose chunked body may not grow past C{bodyLimit} bytes.
+    A request whose chunked body may not grow past C{bodyLimit} bytes, that
+    can carry response header lines prepared in advance, and that calls
+    plain functions when it is done.
 
     @ivar bodyLimit: The largest body accepted, in bytes; 0 for no limit.
         Set by the channel once the head is complete.
@@ -64,6 +68,72 @@ class OutpostRequest(Request):
     bodyLimit = 0
     _bodyReceived = 0
     _refused = False
+    _headerLines = b""
+    _doneCalls: list[tuple[Callable[..., object], tuple[object, ...]]] | None = None
+
+    def addHeaderLines(self, lines: bytes) -> None:
+        """
+        Send C{lines} (C{b"Name: value\\r\\n"} each) after the headers in
+        C{responseHeaders}, as they are.
+
+        Only for lines checked when they were built, once for many requests
+        (a session's identity headers): each name a token that no other
+        header of the response uses, each value free of CR, LF and NUL.
+        Anything else goes through C{responseHeaders}, which checks it.
+        """
+        if type(self.channel) is OutpostChannel:
+            self._headerLines += lines
+        else:
+            # Another channel (an in-memory test's) writes responseHeaders
+            # only.
+            for line in lines.split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b": ")
+                    self.responseHeaders.addRawHeader(name, value)
+
+    def whenDone(self, call: Callable[..., object], *args: object) -> None:
+        """
+        Call C{call(*args)} once the request is finished, or its client has
+        gone: what C{notifyFinish().addBoth(...)} does, without a
+        L{Deferred} a request.
+        """
+        if self._doneCalls is None:
+            self._doneCalls = []
+        self._doneCalls.append((call, args))
+
+    def _callDone(self) -> None:
+        calls = self._doneCalls
+        if calls is None:
+            return
+        self._doneCalls = None
+        for call, args in calls:
+            try:
+                call(*args)
+            except Exception:
+                _log.failure("error in a request's finish call {call!r}", call=call)
+
+    def write(self, data: bytes) -> None:
+        lines = self._headerLines
+        if not lines or self.startedWriting or self.channel is None:
+            super().write(data)
+            return
+        self._headerLines = b""
+        channel = self.channel
+        # Taken by OutpostChannel.writeHeaders, called from inside, and never
+        # left behind for the connection's next answer.
+        channel._headerLines = lines  # type: ignore[attr-defined]
+        try:
+            super().write(data)
+        finally:
+            channel._headerLines = b""  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        super().finish()
+        self._callDone()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._callDone()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -98,6 +168,22 @@ class OutpostChannel(HTTPChannel):
     _headCall: IDelayedCall | None = None
     _inHead = False
     _refused = False
+    _headerLines = b""
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        lines = self._headerLines
+        if not lines:
+            super().writeHeaders(version, code, reason, headers)
+            return
+        # Twisted's writeHeaders, with the request's prepared lines added.
+        self._headerLines = b""
+        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                sequence.extend((name, b": ", value, b"\r\n"))
+        sequence.append(lines)
+        sequence.append(b"\r\n")
+        self.transport.writeSequence(sequence)  # type: ignore[union-attr]
 
     # The head deadline.
 

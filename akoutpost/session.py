@@ -4,7 +4,7 @@ The in-memory session store every outpost shares between its providers.
 
 A session exists only after a successful login: anonymous traffic never
 creates server-side state.  The browser holds a cookie whose value is a random
-session id plus an HMAC of it, so a forged or truncated cookie is rejected
+session id plus a MAC of it, so a forged or truncated cookie is rejected
 before any lookup.  Each session belongs to one provider, and the store keeps
 an index by subject so that signing out of one provider ends every session of
 that user in the outpost, and an index by the provider's session id (C{sid})
@@ -14,6 +14,8 @@ for back-channel logout.
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 import hmac
 import secrets
 import zlib
@@ -396,20 +398,34 @@ class SessionStore:
         return call
 
 
+#: base64 to base64url.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 @dataclass(frozen=True)
 class CookieSigner:
     """
     Signs and checks cookie values of the form C{<id>.<mac>}.
 
-    The MAC covers the cookie's name as well as the id, so a value copied from
-    another provider's cookie (another name, another key) never verifies.
+    The MAC is keyed BLAKE2s (RFC 7693, a MAC by design: one C call, several
+    times cheaper than OpenSSL's HMAC on this short input, and computed on
+    every request).  It covers the cookie's name as well as the id, so a
+    value copied from another provider's cookie (another name, another key)
+    never verifies.
     """
 
     key: bytes
     cookieName: str
+    _prefix: bytes = field(init=False, repr=False, compare=False)
+    _macKey: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_prefix", self.cookieName.encode("utf-8") + b"\0")
+        # BLAKE2s takes keys of up to 32 bytes.
+        object.__setattr__(self, "_macKey", self.key if len(self.key) <= 32 else hashlib.sha256(self.key).digest())
 
     def sign(self, value: str) -> str:
-        return f"{value}.{self._mac(value)}"
+        return f"{value}.{self._mac(value.encode('ascii')).decode('ascii')}"
 
     def unsign(self, signed: str | bytes | None) -> str | None:
         """
@@ -418,20 +434,21 @@ class CookieSigner:
         """
         if signed is None:
             return None
-        if isinstance(signed, bytes):
+        if isinstance(signed, str):
             try:
-                signed = signed.decode("ascii")
-            except UnicodeDecodeError:
+                signed = signed.encode("ascii")
+            except UnicodeEncodeError:
                 return None
-        if len(signed) > _MAX_COOKIE_VALUE or signed.count(".") != 1:
+        if len(signed) > _MAX_COOKIE_VALUE or signed.count(b".") != 1:
             return None
-        value, mac = signed.split(".")
+        value, _, mac = signed.partition(b".")
         if not value or not hmac.compare_digest(mac, self._mac(value)):
             return None
-        return value
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
 
-    def _mac(self, value: str) -> str:
-        digest = hmac.digest(
-            self.key, self.cookieName.encode("utf-8") + b"\0" + value.encode("ascii", "replace"), "sha256"
-        )
-        return _b64(digest[:_MAC_BYTES])
+    def _mac(self, value: bytes) -> bytes:
+        digest = hashlib.blake2s(self._prefix + value, key=self._macKey).digest()
+        return binascii.b2a_base64(digest, newline=False).rstrip(b"=").translate(_URLSAFE)

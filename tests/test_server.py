@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -36,11 +37,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyRequest
 
 from akoutpost.outpost import Outpost
-from akoutpost.server import OutpostChannel, OutpostSite
+from akoutpost.server import OutpostChannel, OutpostRequest, OutpostSite
 from akoutpost.service import AkOutpostService
 from tests._fixtures import config, providerTable
 from tests.test_proxy import (
@@ -169,6 +170,58 @@ class InMemoryTests(SynchronousTestCase):
         self.assertFalse(site.displayTracebacks)
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         self.assertEqual((channel.totalHeadersSize, channel.MAX_LENGTH, channel.headerTimeout), (4096, 4096, 3.0))
+
+    def test_whenDoneOnFinish(self) -> None:
+        """
+        C{whenDone} calls run once, in order, when the answer is finished.
+        """
+        calls: list[object] = []
+
+        class Answer(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> bytes:
+                assert isinstance(request, OutpostRequest)
+                request.whenDone(calls.append, 1)
+                request.whenDone(calls.append, 2)
+                return b"ok"
+
+        self.resource = Answer()  # type: ignore[assignment]
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(calls, [1, 2])
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(calls, [1, 2])
+
+    def test_whenDoneOnLostClient(self) -> None:
+        """
+        A client that goes away before its answer also runs the calls, once;
+        a call that fails is logged and does not stop the others.
+        """
+        calls: list[object] = []
+        requests: list[OutpostRequest] = []
+
+        def broken() -> None:
+            raise ValueError("broken")
+
+        class Pending(Resource):
+            isLeaf = True
+
+            def render(self, request: Request) -> int:
+                assert isinstance(request, OutpostRequest)
+                request.whenDone(broken)
+                request.whenDone(calls.append, "done")
+                requests.append(request)
+                return NOT_DONE_YET
+
+        self.resource = Pending()  # type: ignore[assignment]
+        channel, _ = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(calls, [])
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(calls, ["done"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_headOverLimitIs431(self) -> None:
         channel, transport = self.connect(maxHeaderSize=2048)

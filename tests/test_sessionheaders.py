@@ -8,21 +8,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from akoutpost import application
 from akoutpost.headers import (
+    USER_HEADER_COUNT,
     IdentityContext,
     applyHeaders,
     applyIdentity,
     basicAuthAttributes,
     identityHeaders,
+    identityLines,
     metaHeaders,
+    metaLines,
     userHeaderValues,
 )
+from akoutpost.outpost import Outpost
 from akoutpost.session import SessionStore
+from tests._fixtures import config, providerTable
 from tests.test_reload import ReloadCase, outpost, provider
 
 CLAIMS: dict[str, Any] = {
@@ -151,3 +158,145 @@ class PerRequestTests(ReloadCase):
         self.assertTrue(applied)
         response = self.assertSignedIn("a.example.com", cookie)
         self.assertEqual(response.echoed()["x-authentik-meta-provider"], ["Renamed"])
+
+
+def _lines(block: bytes) -> list[tuple[bytes, bytes]]:
+    return [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n") if line]  # type: ignore[misc]
+
+
+class PreparedLinesTests(SynchronousTestCase):
+    """
+    L{identityLines}: a session's identity headers as prepared response
+    lines, exactly what L{applyIdentity} sets on a L{Headers}.
+    """
+
+    def compare(self, claims: dict[str, Any], enabled: bool) -> bytes | None:
+        context = IdentityContext("out", "prov", "app", "https://id/jwks/", enabled, "", "pw")
+        values = userHeaderValues(claims, ACCESS.encode())
+        meta = metaHeaders(context)
+        lines = identityLines(values, metaLines(meta), basicAuthAttributes(claims), context)
+        if lines is not None:
+            expected = Headers()
+            applyIdentity(expected, values, meta, basicAuthAttributes(claims), context)
+            pairs = [(name, value) for name, values in expected.getAllRawHeaders() for value in values]
+            self.assertEqual(_lines(lines), pairs)
+        return lines
+
+    def test_sameAsApplied(self) -> None:
+        """
+        Names in twisted.web's case, values, order, basic authentication and
+        additional headers all match.
+        """
+        proxy = {**CLAIMS["ak_proxy"], "user_attributes": {"pw": "secret", "additionalHeaders": {"X-Team": "blue"}}}
+        claims = {**CLAIMS, "ak_proxy": proxy}
+        for enabled in (False, True):
+            lines = self.compare(claims, enabled)
+            assert lines is not None
+            self.assertIn(b"X-Authentik-Username: alice\r\n", lines)
+            self.assertIn(b"X-Team: blue\r\n", lines)
+            self.assertEqual(b"Authorization: Basic " in lines, enabled)
+        without = {k: v for k, v in CLAIMS.items() if k != "ak_proxy"}
+        self.assertIsNotNone(self.compare(without, True))
+
+    def test_replacingAdditionalHeaderTakesTheCheckedPath(self) -> None:
+        """
+        An additional header that replaces an identity header, one the
+        answer carries anyway, or another additional header (names compared
+        without case) gives L{None}: the caller falls back to
+        L{applyIdentity}, where the last one wins.
+        """
+        for extra in (
+            {"X-authentik-meta-app": "mine"},
+            {"x-authentik-username": "mallory"},
+            {"Authorization": "Bearer x"},
+            {"Content-Type": "text/html"},
+            {"Set-Cookie": "a=b"},
+            {"X-Team": "blue", "x-team": "red"},
+        ):
+            proxy = {**CLAIMS["ak_proxy"], "user_attributes": {"additionalHeaders": extra}}
+            self.assertIsNone(self.compare({**CLAIMS, "ak_proxy": proxy}, False), extra)
+
+    def test_framingHeadersNeverAdded(self) -> None:
+        """
+        C{additionalHeaders} cannot add a header that frames the message or
+        belongs to one connection, in any path.
+        """
+        extra = {"Content-Length": "0", "transfer-encoding": "chunked", "Connection": "close", "Host": "evil", "X-Ok": "1"}
+        proxy = {**CLAIMS["ak_proxy"], "user_attributes": {"additionalHeaders": extra}}
+        claims = {**CLAIMS, "ak_proxy": proxy}
+        context = IdentityContext("out", "prov", "app", "", False, "", "")
+        names = [name.lower() for name, _ in identityHeaders(claims, ACCESS, context)]
+        self.assertIn("x-ok", names)
+        for name in ("content-length", "transfer-encoding", "connection", "host"):
+            self.assertNotIn(name, names)
+        self.assertEqual(userHeaderValues(claims, b"t")[USER_HEADER_COUNT:], (b"X-Ok", b"1"))
+
+
+class PreparedAnswerTests(SynchronousTestCase):
+    """
+    A forward-auth answer through the outpost's own site, where the identity
+    headers go out as prepared lines.
+    """
+
+    def setUp(self) -> None:
+        cfg = config(
+            {
+                "main": [
+                    providerTable(
+                        mode="forward_single", external_host="https://app.example.com", skip_path_regex="^/public/"
+                    )
+                ]
+            },
+            trusted_proxies=["127.0.0.0/8"],
+        )
+        self.outpost = Outpost(cfg.outposts[0], Clock(), None, None)  # type: ignore[arg-type]
+        (self.app,) = self.outpost.applications.values()
+        session = self.app.store.create(self.app.key, CLAIMS, ACCESS, ID_TOKEN, 600)
+        self.cookie = self.app.config.cookieName.encode() + b"=" + self.app.sessionCookie.sign(session.sessionId).encode()
+        site = self.outpost.site()
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.channel.makeConnection(self.transport)
+
+    def check(self, path: bytes, cookie: bool) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        self.transport.clear()
+        head = b"GET /outpost.goauthentik.io/auth/nginx HTTP/1.1\r\nHost: outpost\r\nX-Original-URL: https://app.example.com" + path + b"\r\n"
+        if cookie:
+            head += b"Cookie: " + self.cookie + b"\r\n"
+        self.channel.dataReceived(head + b"\r\n")
+        answer = self.transport.value()
+        status, _, rest = answer.partition(b"\r\n")
+        lines = rest.partition(b"\r\n\r\n")[0]
+        return status, _lines(lines)
+
+    def test_eachHeaderOnce(self) -> None:
+        """
+        Signed in: 200 with every identity header once, next to the
+        headers twisted.web writes.
+        """
+        status, headers = self.check(b"/x", cookie=True)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        names = [name.lower() for name, _ in headers]
+        self.assertEqual(len(names), len(set(names)), names)
+        found = dict(headers)
+        self.assertEqual(found[b"X-Authentik-Username"], b"alice")
+        self.assertEqual(found[b"X-Authentik-Jwt"], ACCESS.encode())
+        self.assertEqual(found[b"X-Authentik-Meta-Provider"], b"app")
+        self.assertEqual(found[b"Content-Length"], b"0")
+        self.assertEqual(found[b"Cache-Control"], b"no-store")
+
+    def test_nothingLeftForTheNextAnswer(self) -> None:
+        """
+        The next answers on the same connection, anonymous or for an
+        unauthenticated path, carry none of the signed-in user's values.
+        """
+        self.check(b"/x", cookie=True)
+        status, headers = self.check(b"/x", cookie=False)
+        self.assertEqual(status, b"HTTP/1.1 401 Unauthorized")
+        self.assertNotIn(b"alice", b"".join(value for _, value in headers))
+        status, headers = self.check(b"/public/a", cookie=False)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(dict(headers)[b"X-Authentik-Username"], b"")
+        self.assertEqual([name for name, _ in headers].count(b"X-Authentik-Username"), 1)
+        status, headers = self.check(b"/x", cookie=True)
+        self.assertEqual(dict(headers)[b"X-Authentik-Username"], b"alice")
