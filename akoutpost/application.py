@@ -72,6 +72,18 @@ CALLBACK_SIGNATURE = "X-authentik-auth-callback"
 LOGOUT_SIGNATURE = "X-authentik-logout"
 
 
+#: The headers of every forward-auth answer, as prepared lines.
+_ANSWER_LINES = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
+
+#: Bytes a header value copied from a request must not hold to be written as
+#: it is (twisted.web's parser leaves a lone CR in a value).
+_UNSAFE_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+def _plainValue(value: bytes) -> bool:
+    return _UNSAFE_VALUE.search(value) is None
+
+
 def _derive(secret: bytes, purpose: str) -> bytes:
     return hmac.new(secret, purpose.encode("ascii"), hashlib.sha256).digest()
 
@@ -587,20 +599,21 @@ class Application:
         else:
             applyHeaders(headers, identityHeaders(identity.claims, identity.rawToken, context))
 
-    def _prepareIdentity(self, request: OutpostRequest, identity: Session | HeaderIdentity) -> bool:
+    def _prepareAnswer(self, request: OutpostRequest, session: Session) -> bool:
         """
-        Give a session's identity headers to C{request} as prepared lines
-        (checked at login, not again on every answer); C{False} when they
-        have to be set one by one instead.
+        Give C{request} the whole signed-in forward-auth answer (what
+        L{_forwardAnswer} sets) as prepared header lines: the session's
+        identity headers were checked at login, not again on every check.
+        C{False} when the headers have to be set one by one instead.
         """
-        if not isinstance(identity, Session):
-            return False
         context = self.identityContext()
         assert self._identity is not None
-        lines = identityLines(identity.headerValues, self._identity[5], identity.attributes, context)
-        if lines is None:
+        lines = identityLines(session.headerValues, self._identity[5], session.attributes, context)
+        agent = request.getHeader(b"user-agent") or b""
+        if lines is None or not _plainValue(agent):
             return False
-        request.addHeaderLines(lines)
+        request.defaultContentType = None
+        request.addHeaderLines(_ANSWER_LINES + lines + b"User-Agent: " + agent + b"\r\n")
         return True
 
     def isAllowlisted(self, request: Request) -> bool:
@@ -644,9 +657,11 @@ class Application:
             return self.callback(request, args)
         if _signature(args, LOGOUT_SIGNATURE):
             return self.signOut(request)
+        session = self.currentSession(request)
+        if session is not None and isinstance(request, OutpostRequest) and self._prepareAnswer(request, session):
+            return b""
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        session = self.currentSession(request)
         if session is not None:
             return self._forwardAnswer(request, kind, forwarded, trusted, session)
 
@@ -670,8 +685,7 @@ class Application:
         anonymous (L{None}).
         """
         if identity is not None:
-            if not (isinstance(request, OutpostRequest) and self._prepareIdentity(request, identity)):
-                self._applyIdentity(request.responseHeaders, identity)
+            self._applyIdentity(request.responseHeaders, identity)
             request.setHeader(b"user-agent", request.getHeader(b"user-agent") or b"")
             return b""
         if self.allowsTarget(forwarded.scheme, forwarded.netloc, forwarded.path.encode("latin-1"), forwarded.query):

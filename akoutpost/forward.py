@@ -68,12 +68,19 @@ def endpointKind(path: bytes) -> str | None:
     """
     Which forward-auth endpoint a request path names, or L{None}.
     """
+    kind = _KINDS.get(path)
+    if kind is not None:
+        return kind
     text = path.decode("latin-1")
     if text == ENVOY_PREFIX or text.startswith(ENVOY_PREFIX + "/"):
         return "envoy"
     if text.startswith(AUTH_PREFIX) and text[len(AUTH_PREFIX) :] in ("nginx", "traefik", "caddy"):
         return text[len(AUTH_PREFIX) :]
     return None
+
+
+#: The fixed endpoint paths, for a lookup instead of a parse.
+_KINDS = {f"{AUTH_PREFIX}{kind}".encode("ascii"): kind for kind in ("nginx", "traefik", "caddy")}
 
 
 def _header(request: Request, name: bytes) -> str | None:

@@ -95,9 +95,28 @@ def stripSpoofable(headers: Headers) -> None:
     """
     # Every spoofable name starts with "x" or "t" (see the prefixes above):
     # the other headers of a request are passed over at the cost of one
-    # slice each.
-    for name in [n for n, _ in headers.getAllRawHeaders() if n[:1] in _FIRST_BYTES and isSpoofable(n)]:
-        headers.removeHeader(name)
+    # slice each.  Clients send the same few names again and again: the
+    # verdicts on short ones are remembered (a bounded number).
+    doomed: list[bytes] | None = None
+    for name, _ in headers.getAllRawHeaders():
+        if name[:1] in _FIRST_BYTES:
+            verdict = _verdicts.get(name)
+            if verdict is None:
+                verdict = isSpoofable(name)
+                if len(name) <= _REMEMBERED_NAME and len(_verdicts) < _REMEMBERED_NAMES:
+                    _verdicts[name] = verdict
+            if verdict:
+                if doomed is None:
+                    doomed = []
+                doomed.append(name)
+    if doomed is not None:
+        for name in doomed:
+            headers.removeHeader(name)
+
+
+_verdicts: dict[bytes, bool] = {}
+_REMEMBERED_NAME = 64
+_REMEMBERED_NAMES = 2048
 
 
 def stripCookies(headers: Headers, names: frozenset[bytes]) -> None:

@@ -398,6 +398,11 @@ def _domainsOf(applications: Mapping[str, Application]) -> list[tuple[str, Appli
     ]
 
 
+#: hostKey for forwarded URLs, whose few hosts come again and again (for
+#: host names of DNS length only: the cache keeps short values).
+_forwardedKey = lru_cache(maxsize=1024)(hostKey)
+
+
 def _requestDone(_: object, request: Request, timer: RequestTimer, drain: Drain | None) -> None:
     timer.finished()
     if drain is not None:
@@ -479,7 +484,9 @@ class OutpostResource(Resource):
                 trusted=trusted,
             )
             return configurationError(request)
-        app = self.outpost.lookup(hostKey(forwarded.scheme, forwarded.hostname, forwarded.port))
+        hostname = forwarded.hostname
+        key = (_forwardedKey if len(hostname) <= 255 else hostKey)(forwarded.scheme, hostname, forwarded.port)
+        app = self.outpost.lookup(key)
         if app is None:
             return renderPage(
                 request,

@@ -15,16 +15,18 @@ provider's C{max_body_size}, without reading the rest.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel
-from twisted.web.resource import IResource
+from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import Request, Site
 
 from akoutpost.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE
@@ -36,6 +38,19 @@ from akoutpost.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAU
 LINGER_TIMEOUT = 5.0
 
 _log = Logger()
+
+
+_date: list[Any] = [0, b""]
+
+
+def httpDate() -> bytes:
+    """
+    Now as an HTTP date, formatted at most once a second.
+    """
+    now = int(time.time())
+    if now != _date[0]:
+        _date[:] = [now, datetimeToString(now)]
+    return cast(bytes, _date[1])
 
 
 def noBodyLimit(request: Request) -> int:
@@ -90,6 +105,25 @@ class OutpostRequest(Request):
                 if line:
                     name, _, value = line.partition(b": ")
                     self.responseHeaders.addRawHeader(name, value)
+
+    def process(self) -> None:
+        """
+        What L{Request.process} does, for less: the C{Date} header is
+        formatted once a second, no C{Server} header names the framework and
+        its version, and there is no encoding resource to look for (the
+        outpost serves none).
+        """
+        if self.path == b"*":
+            super().process()
+            return
+        site = self.site = self.channel.site  # type: ignore[attr-defined]
+        self.responseHeaders.setRawHeaders(b"Date", [httpDate()])
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def whenDone(self, call: Callable[..., object], *args: object) -> None:
         """
@@ -332,6 +366,12 @@ class OutpostSite(Site):
         self.headerTimeout = headerTimeout
         self.maxHeaderSize = maxHeaderSize
         self.accessLog = accessLog
+
+    def getResourceFor(self, request: Request) -> IResource:
+        # Site.getResourceFor, without copy.copy for a list.
+        request.site = self
+        request.sitepath = list(request.prepath or ())  # type: ignore[attr-defined]
+        return getChildForRequest(self.resource, request)
 
     def log(self, request: http.Request) -> None:
         if self.accessLog:

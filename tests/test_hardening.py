@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test.test_sslverify import _loopbackTLSConnection, certificatesForAuthorityAndServer
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
 from akoutpost.oidc import OpenIDClient
@@ -244,3 +245,24 @@ class BoundedCacheTests(SynchronousTestCase):
             self.assertEqual(proxy._copyRule(b"X-Long-%d-" % n + b"y" * 200), proxy._ALWAYS)
             self.assertEqual(proxy._connectionTokens([b"a%d, " % n + b"z" * 200]), {b"a%d" % n, b"z" * 200})
         self.assertEqual((len(proxy._copyRules), len(proxy._tokenCache)), (names, values))
+
+    def test_spoofableVerdictsBounded(self) -> None:
+        """
+        Verdicts on header names are remembered for short names only, and
+        only so many; long or not, a spoofable name is removed.
+        """
+        from akoutpost import headers
+
+        before = len(headers._verdicts)
+        for n in range(20):
+            request = Headers({b"X-Authentik-Long-%d-" % n + b"y" * 100: [b"v"], b"X-Other-%d-" % n + b"z" * 100: [b"v"]})
+            headers.stripSpoofable(request)
+            remaining = [name.lower() for name, _ in request.getAllRawHeaders()]
+            self.assertEqual(remaining, [b"x-other-%d-" % n + b"z" * 100])
+        self.assertEqual(len(headers._verdicts), before)
+        self.patch(headers, "_REMEMBERED_NAMES", before + 3)
+        for n in range(10):
+            request = Headers({b"X-Short-%d" % n: [b"v"], b"x-authentik-u%d" % n: [b"v"]})
+            headers.stripSpoofable(request)
+            self.assertEqual([name.lower() for name, _ in request.getAllRawHeaders()], [b"x-short-%d" % n])
+        self.assertEqual(len(headers._verdicts), before + 3)

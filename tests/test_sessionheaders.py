@@ -253,14 +253,17 @@ class PreparedAnswerTests(SynchronousTestCase):
         (self.app,) = self.outpost.applications.values()
         session = self.app.store.create(self.app.key, CLAIMS, ACCESS, ID_TOKEN, 600)
         self.cookie = self.app.config.cookieName.encode() + b"=" + self.app.sessionCookie.sign(session.sessionId).encode()
-        site = self.outpost.site()
-        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.site = self.outpost.site()
+        self.connect()
+
+    def connect(self) -> None:
+        self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         self.channel.makeConnection(self.transport)
 
-    def check(self, path: bytes, cookie: bool) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    def check(self, path: bytes, cookie: bool, extra: bytes = b"") -> tuple[bytes, list[tuple[bytes, bytes]]]:
         self.transport.clear()
-        head = b"GET /outpost.goauthentik.io/auth/nginx HTTP/1.1\r\nHost: outpost\r\nX-Original-URL: https://app.example.com" + path + b"\r\n"
+        head = b"GET /outpost.goauthentik.io/auth/nginx HTTP/1.1\r\nHost: outpost\r\nX-Original-URL: https://app.example.com" + path + b"\r\n" + extra
         if cookie:
             head += b"Cookie: " + self.cookie + b"\r\n"
         self.channel.dataReceived(head + b"\r\n")
@@ -284,6 +287,27 @@ class PreparedAnswerTests(SynchronousTestCase):
         self.assertEqual(found[b"X-Authentik-Meta-Provider"], b"app")
         self.assertEqual(found[b"Content-Length"], b"0")
         self.assertEqual(found[b"Cache-Control"], b"no-store")
+        self.assertEqual(found[b"Content-Type"], b"text/plain; charset=utf-8")
+        self.assertEqual(found[b"User-Agent"], b"")
+        self.assertRegex(found[b"Date"], rb"^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT$")
+        # The framework and its version are not advertised.
+        self.assertNotIn(b"server", names)
+
+    def test_userAgentCopiedSafely(self) -> None:
+        """
+        The client's C{User-Agent} comes back as authentik's outpost sends
+        it.  One holding a CR or a NUL never gets that far (twisted.web's
+        parser answers 400); were it to, it would not be written as it is.
+        """
+        _, headers = self.check(b"/x", cookie=True, extra=b"User-Agent: curl/8\r\n")
+        self.assertEqual(dict(headers)[b"User-Agent"], b"curl/8")
+        for bad in (b"a\rInjected: yes", b"a\x00b"):
+            self.connect()
+            status, headers = self.check(b"/x", cookie=True, extra=b"User-Agent: " + bad + b"\r\n")
+            self.assertEqual((status, headers), (b"HTTP/1.1 400 Bad Request", []))
+        self.assertTrue(application._plainValue(b"Mozilla/5.0 (X11)"))
+        for bad in (b"a\rb", b"a\nb", b"a\x00b"):
+            self.assertFalse(application._plainValue(bad))
 
     def test_nothingLeftForTheNextAnswer(self) -> None:
         """
