@@ -316,10 +316,14 @@ def applyIdentity(
     L{userHeaderValues}, C{meta} from L{metaHeaders}, and the basic
     authentication C{attributes} from L{basicAuthAttributes}.
     """
-    for name, value in zip(_USER_NAMES, userValues, strict=False):
-        headers.setRawHeaders(name, [value])
+    # The fixed names straight into the dict behind the Headers, as
+    # setRawHeaders would store them (the values were made safe at login;
+    # the names are twisted.web's canonical spelling).
+    raw = headers._rawHeaders
+    for name, value in zip(_USER_KEYS, userValues, strict=False):
+        raw[name] = [value]
     for name, value in meta:
-        headers.setRawHeaders(name, [value])
+        raw[_META_KEYS[name]] = [value]
     if attributes is not None and context.basicAuthEnabled:
         authorization = _basicAuthorization(attributes, userValues[3].decode("utf-8"), context)
         if authorization is not None:
@@ -339,6 +343,10 @@ def canonicalName(name: bytes) -> bytes:
     (C{X-Authentik-Username}).
     """
     return b"-".join(part.capitalize() for part in name.split(b"-"))
+
+
+_USER_KEYS = tuple(canonicalName(name) for name in _USER_NAMES)
+_META_KEYS = {name: canonicalName(name) for name in _META_NAMES}
 
 
 _USER_LINES = b"".join(canonicalName(name) + b": %s\r\n" for name in _USER_NAMES)

@@ -33,6 +33,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from akoutpost.metrics import ProviderMetrics
 from akoutpost.pages import renderPage
+from akoutpost.server import OutpostRequest
 from akoutpost.tunnel import tunnel
 
 with warnings.catch_warnings():
@@ -305,7 +306,10 @@ class _Exchange:
             self.started = metrics.now()
         d = self.upstream = proxy.agent.request(request.method, self.target, headers, body)
         self.timer = proxy.clock.callLater(proxy.responseTimeout, self.timeOut)
-        request.notifyFinish().addErrback(self.lost)
+        if isinstance(request, OutpostRequest):
+            request.whenDone(self.done)
+        else:
+            request.notifyFinish().addErrback(self.lost)
         d.addCallbacks(self.gotResponse, self.failed)
 
     def timeOut(self) -> None:
@@ -322,7 +326,15 @@ class _Exchange:
                 self.timer.cancel()
             self.timer = None
 
-    def lost(self, reason: Failure) -> None:
+    def done(self) -> None:
+        """
+        The request is finished, or its client went away (the calls of
+        L{OutpostRequest.whenDone} do not say which).
+        """
+        if not self.request.finished:
+            self.lost(None)
+
+    def lost(self, reason: Failure | None) -> None:
         """
         The client went away: stop whatever is still under way upstream.
         """

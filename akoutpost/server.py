@@ -203,6 +203,15 @@ class OutpostChannel(HTTPChannel):
     _inHead = False
     _refused = False
     _headerLines = b""
+    _secure: bool | None = None
+
+    def isSecure(self) -> bool:
+        # Asked for every proxied request (X-Forwarded-Proto); the answer,
+        # an interface adaptation of the transport, never changes.
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(super().isSecure())
+        return secure
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         lines = self._headerLines

@@ -38,7 +38,7 @@ class Settings:
     idleConnections: int = 1000
 
 
-FULL = Settings(quick=False, warmup=5.0, seconds=10.0, rounds=3)
+FULL = Settings(quick=False, warmup=5.0, seconds=5.0, rounds=6)
 QUICK = Settings(
     quick=True,
     warmup=1.0,

@@ -12,7 +12,9 @@ baselines, each measured with C{wrk} at full speed (closed loop).
 
 The upstream is nginx serving a small file.  Every server under test runs on
 one core (L{_processes.SERVER_CPU}), wrk and the upstream on the other.  The
-servers take turns, round after round, and the median of each is compared.
+servers take turns, round after round (every other round in reverse order),
+and a ratio is the median of the rounds' ratios, each of two runs made one
+after the other: a slow spell of a shared machine disturbs it least.
 
     python bench/run.py --rows 1,2,3,5 [--quick]
 """
@@ -107,7 +109,9 @@ def measure(all: list[Target], settings: Settings, say: Callable[[str], object] 
     for target in all:
         _wrk.run(target.url, warm, target.headers)
     for round in range(settings.rounds):
-        for target in all:
+        # Every other round in reverse order, so that the outpost and its
+        # baseline are loaded next to each other, first one then the other.
+        for target in all if round % 2 == 0 else all[::-1]:
             pids = processTree(target.pid)  # an nginx master and its worker
             before = treeCpuSeconds(pids)
             result = _wrk.run(target.url, load, target.headers)
@@ -133,7 +137,11 @@ def rows(all: list[Target], wanted: Collection[int], settings: Settings) -> list
 
     def row(number: int, figure: str, name: str, baseline: str, label: str, target: float | None, url: str) -> Row:
         mine, theirs = by[name], by[baseline]
-        ratio = mine.median / theirs.median
+        # Each round's pair was measured back to back: the median of their
+        # ratios is what a slow spell of the machine disturbs least.
+        pairs = [a / b for a, b in zip(mine.rates, theirs.rates, strict=True)]
+        cpuPairs = [b / a for a, b in zip(mine.cpu, theirs.cpu, strict=True)]
+        ratio = statistics.median(pairs)
         headers = ("Cookie", "X-Original-URL") if number == 1 else ("Cookie",)
         return Row(
             str(number),
@@ -144,7 +152,8 @@ def rows(all: list[Target], wanted: Collection[int], settings: Settings) -> list
             f">= {target}x" if target is not None else "report",
             ratio >= target if target is not None else None,
             _wrkLine(settings, url, headers),
-            f"{common}; by CPU time a request: {theirs.medianCpu / mine.medianCpu:.2f}x",
+            f"{common}; ratio: median of the rounds' ratios ({min(pairs):.2f}-{max(pairs):.2f}); "
+            f"by CPU time a request: {statistics.median(cpuPairs):.2f}x",
         )
 
     if 1 in wanted:

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from akoutpost.proxy import UpstreamClientFactory, UpstreamProxy
+from akoutpost.server import OutpostSite
 
 #: The bound on every single wait in these tests, in seconds.
 WAIT = 10.0
@@ -323,19 +324,25 @@ class TrackingSite(Site):
         self.closed: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        closed: defer.Deferred[None] = defer.Deferred()
-        self.closed.append(closed)
-        connectionLost = channel.connectionLost
+        return _tracked(self.closed, super().buildProtocol(addr))
 
-        def lost(reason: Failure) -> None:
-            try:
-                connectionLost(reason)
-            finally:
-                closed.callback(None)
 
-        channel.connectionLost = lost
-        return channel
+def _tracked(closed: list[defer.Deferred[None]], channel: Any) -> Any:
+    """
+    C{channel}, adding to C{closed} a Deferred that fires when it is gone.
+    """
+    gone: defer.Deferred[None] = defer.Deferred()
+    closed.append(gone)
+    connectionLost = channel.connectionLost
+
+    def lost(reason: Failure) -> None:
+        try:
+            connectionLost(reason)
+        finally:
+            gone.callback(None)
+
+    channel.connectionLost = lost
+    return channel
 
 
 class Forwarding(Resource):
@@ -769,3 +776,45 @@ class FailureTests(ProxyTestCase):
         client.abort()
         await bounded(connection.closed)
         self.assertEqual(upstream.connections, [])
+
+
+class TrackingOutpostSite(OutpostSite):
+    """
+    The outpost's own site (its requests are L{OutpostRequest}s), knowing
+    when each of its connections is gone.
+    """
+
+    def __init__(self, resource: IResource) -> None:
+        super().__init__(resource)
+        self.closed: list[defer.Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return _tracked(self.closed, super().buildProtocol(addr))
+
+
+class OutpostSiteMixin:
+    """
+    Serve the proxy from the outpost's own site, whose requests report
+    their end without a L{defer.Deferred}.
+    """
+
+    sites: list[Any]
+    listen: Any
+
+    def serve(self, root: IResource) -> int:
+        site = TrackingOutpostSite(root)
+        self.sites.append(site)
+        return int(self.listen(site).getHost().port)
+
+
+class OutpostSiteResponseTests(OutpostSiteMixin, ResponseTests):  # type: ignore[misc]
+    """
+    L{ResponseTests} through an L{OutpostSite}.
+    """
+
+
+class OutpostSiteFailureTests(OutpostSiteMixin, FailureTests):  # type: ignore[misc]
+    """
+    L{FailureTests} through an L{OutpostSite}: upstream failures, timeouts
+    and clients leaving.
+    """
