@@ -68,6 +68,10 @@ from akoutpost.tokens import TokenError, logoutTokenExpiry
 from akoutpost.tunnel import isUpgrade
 
 OUTPOST_PREFIX = "/outpost.goauthentik.io"
+_BACKCHANNEL_PATH = f"{OUTPOST_PREFIX}/backchannel-logout"
+_START_PATH = f"{OUTPOST_PREFIX}/start"
+_CALLBACK_PATH = f"{OUTPOST_PREFIX}/callback"
+_SIGN_OUT_PATH = f"{OUTPOST_PREFIX}/sign_out"
 CALLBACK_SIGNATURE = "X-authentik-auth-callback"
 LOGOUT_SIGNATURE = "X-authentik-logout"
 
@@ -266,19 +270,29 @@ class Application:
         path = rawPath.decode("latin-1")
         prefix = self.config.externalPath
         relative = path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
-        args = _queryArgs(request.uri) if relative.startswith(OUTPOST_PREFIX) or _maySign(query) else {}
-        if relative == f"{OUTPOST_PREFIX}/backchannel-logout":
-            return self.backchannelLogout(request)
-        if _signature(args, CALLBACK_SIGNATURE):
-            return self.callback(request, args)
-        if _signature(args, LOGOUT_SIGNATURE):
-            return self.signOut(request)
-        if relative == f"{OUTPOST_PREFIX}/start":
-            return self.start(request, args)
-        if relative == f"{OUTPOST_PREFIX}/callback":
-            return self.callback(request, args)
-        if relative == f"{OUTPOST_PREFIX}/sign_out":
-            return self.signOut(request)
+        if not relative.startswith(OUTPOST_PREFIX):
+            # An application path: only a query may make it the callback or
+            # the sign-out (authentik's signatures).
+            if _maySign(query):
+                args = _queryArgs(request.uri)
+                if _signature(args, CALLBACK_SIGNATURE):
+                    return self.callback(request, args)
+                if _signature(args, LOGOUT_SIGNATURE):
+                    return self.signOut(request)
+        else:
+            args = _queryArgs(request.uri)
+            if relative == _BACKCHANNEL_PATH:
+                return self.backchannelLogout(request)
+            if _signature(args, CALLBACK_SIGNATURE):
+                return self.callback(request, args)
+            if _signature(args, LOGOUT_SIGNATURE):
+                return self.signOut(request)
+            if relative == _START_PATH:
+                return self.start(request, args)
+            if relative == _CALLBACK_PATH:
+                return self.callback(request, args)
+            if relative == _SIGN_OUT_PATH:
+                return self.signOut(request)
         if self.config.mode == "proxy" and self.proxy is not None:
             return self.proxyRequest(request)
         return renderPage(request, 404, "Not Found", "Nothing is served at this address.")

@@ -27,7 +27,7 @@ from akoutpost.application import OUTPOST_PREFIX, Application
 from akoutpost.config import OutpostConfig, ProviderConfig, hostKey
 from akoutpost.documents import DocumentCache
 from akoutpost.drain import Drain, ListenerSite
-from akoutpost.forward import configurationError, endpointKind, forwardedURL
+from akoutpost.forward import AUTH_PREFIX, configurationError, endpointKind, forwardedURL
 from akoutpost.headers import stripSpoofable
 from akoutpost.metrics import OutpostMetrics, ProviderMetrics, RequestTimer
 from akoutpost.oidc import OpenIDClient
@@ -38,6 +38,8 @@ from akoutpost.server import OutpostRequest, OutpostSite
 from akoutpost.session import SessionStore
 
 _PING = f"{OUTPOST_PREFIX}/ping".encode("ascii")
+#: What every forward-auth endpoint's path starts with.
+_AUTH = AUTH_PREFIX.encode("ascii")
 _MAX_HOST = 1024
 #: How many peer addresses the trusted-proxy verdicts are remembered for.
 _MAX_REMEMBERED_PEERS = 4096
@@ -441,7 +443,7 @@ class OutpostResource(Resource):
             return b""
         if not request.uri.startswith(b"/"):
             return renderPage(request, 400, "Bad Request", "The request target must be a path.")
-        kind = endpointKind(path)
+        kind = endpointKind(path) if path.startswith(_AUTH) else None
         if kind is not None:
             answer = self._forwardAuth(kind, request, timer)
             if answer is not None:

@@ -167,15 +167,21 @@ def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool, forwardedH
     if named:
         named = named - _NOT_COPIED
     least = _FROM_TRUSTED if trustedPeer else _ALWAYS
-    rules = _copyRules
+    rule = _copyRules.get
     headers = Headers()
+    # The value lists are the request's own: nothing changes a request's
+    # headers once it is on its way upstream.
+    if named:
+        headers._rawHeaders = {
+            name: values
+            for name, values in incoming.items()
+            if (rule(name) or _copyRule(name)) >= least and name.lower() not in named
+        }
+    else:
+        headers._rawHeaders = {
+            name: values for name, values in incoming.items() if (rule(name) or _copyRule(name)) >= least
+        }
     raw = _rawHeaders(headers)
-    for name, values in incoming.items():
-        rule = rules.get(name)
-        if rule is None:
-            rule = _copyRule(name)
-        if rule >= least and not (named and name.lower() in named):
-            raw[name] = list(values)
     # These two may come from the configuration or a session's claims:
     # setRawHeaders sanitises them.
     headers.setRawHeaders(b"host", [host])
@@ -213,14 +219,14 @@ class _ConnectionAwareProtocol(HTTP11ClientProtocol):
         d = super().request(request)
         parser = getattr(self, "_parser", None)
         if parser is not None:
-
-            def note(response: IResponse) -> IResponse:
-                connection = _rawHeaders(parser.connHeaders).get(b"Connection")
-                response.connectionTokens = _connectionTokens(connection)  # type: ignore[attr-defined]
-                return response
-
-            d.addCallback(note)
+            d.addCallback(_noteConnection, parser)
         return d
+
+
+def _noteConnection(response: IResponse, parser: Any) -> IResponse:
+    connection = _rawHeaders(parser.connHeaders).get(b"Connection")
+    response.connectionTokens = _connectionTokens(connection)  # type: ignore[attr-defined]
+    return response
 
 
 class UpstreamClientFactory(_HTTP11ClientFactory):

@@ -200,7 +200,6 @@ class OutpostChannel(HTTPChannel):
     totalHeadersSize = DEFAULT_MAX_HEADER_SIZE
     MAX_LENGTH = DEFAULT_MAX_HEADER_SIZE
     _headCall: IDelayedCall | None = None
-    _inHead = False
     _refused = False
     _headerLines = b""
     _secure: bool | None = None
@@ -241,7 +240,9 @@ class OutpostChannel(HTTPChannel):
             and not self._refused
             and self.line_mode
             and not self._handlingRequest
-            and (self._inHead or self._buffer)
+            # Part of a head: a line of it (HTTPChannel counts their bytes
+            # until the request is complete) or the start of one.
+            and (self._receivedHeaderSize or self._buffer)
             and self.transport is not None
             and not self.transport.disconnecting  # type: ignore[attr-defined]
         ):
@@ -261,20 +262,20 @@ class OutpostChannel(HTTPChannel):
 
     # The head size.
 
-    def lineReceived(self, line: bytes) -> None:
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self.lineLengthExceeded(line)
-            return
-        if line:
-            self._inHead = True
-        super().lineReceived(line)
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # HTTPChannel answers a head over totalHeadersSize (which it counts
+        # in _receivedHeaderSize) with a bare 400, like any bad request.
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.lineLengthExceeded(b"")
+        else:
+            super()._respondToBadRequestAndDisconnect()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(b"431 Request Header Fields Too Large", b"The request head is too large.")
 
     def allHeadersReceived(self) -> None:
-        self._inHead = False
-        self._cancelHeadCall()
+        if self._headCall is not None:
+            self._cancelHeadCall()
         request = self.requests[-1]
         # A request without a body (the usual case) costs no lookup.
         limit = self.site.bodyLimit(request) if self.length != 0 else 0
@@ -310,7 +311,6 @@ class OutpostChannel(HTTPChannel):
         if self._refused or self.transport is None:
             return
         self._refused = True
-        self._inHead = False
         self._cancelHeadCall()
         self.setTimeout(None)
         self.transport.write(_answer(status, message))
