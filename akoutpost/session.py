@@ -27,11 +27,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from akoutpost.headers import basicAuthAttributes, userHeaderValues
+from akoutpost.headers import USER_HEADER_COUNT, basicAuthAttributes, userHeaderValues
 
+#: Which of L{userHeaderValues}' fixed values users share: the groups and
+#: the entitlements.
+_SHARED_INDEXES = (1, 2)
+_SHARED_LENGTH = 256
+_SHARED_VALUES = 4096
 _ID_BYTES = 32
-_MAC_BYTES = 32
-# base64url of 32 bytes is 43 characters; anything longer is rejected unparsed.
+# A session id and its MAC (32 bytes each) are 43 base64url characters each;
+# anything much longer is rejected unparsed.
 _MAX_COOKIE_VALUE = 200
 
 
@@ -249,6 +254,10 @@ class SessionStore:
     onEvict: Callable[[Session], object] | None = None
     # One copy of each issuer, however many sessions name it.
     _issuers: dict[str, str] = field(default_factory=dict)
+    # One copy of each header value that many users share: group lists,
+    # entitlements, additional headers' names and values (short ones only,
+    # and only so many).
+    _shared: dict[bytes, bytes] = field(default_factory=dict)
 
     log = Logger()
 
@@ -277,7 +286,7 @@ class SessionStore:
         sid = claims.get("sid")
         sub = str(claims.get("sub", ""))
         token = rawToken.replace("\r", " ").replace("\n", " ").encode("utf-8")
-        values = userHeaderValues(claims, token)
+        values = self._share(userHeaderValues(claims, token))
         session = Session(
             sessionId=_b64(secrets.token_bytes(_ID_BYTES)),
             providerKey=providerKey,
@@ -295,6 +304,23 @@ class SessionStore:
         if session.sid is not None:
             _addIndex(self._bySid, session.sid, session.sessionId)
         return session
+
+    def _share(self, values: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """
+        C{values} (from L{userHeaderValues}), with the values users tend to
+        have in common replaced by the store's copy: the groups, the
+        entitlements, and the additional headers.
+        """
+        shared = self._shared
+        out = list(values)
+        for index in _SHARED_INDEXES + tuple(range(USER_HEADER_COUNT, len(values))):
+            value = out[index]
+            kept = shared.get(value)
+            if kept is not None:
+                out[index] = kept
+            elif len(value) <= _SHARED_LENGTH and len(shared) < _SHARED_VALUES:
+                shared[value] = value
+        return tuple(out)
 
     def get(self, sessionId: str, providerKey: str) -> Session | None:
         """

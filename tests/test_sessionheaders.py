@@ -324,3 +324,41 @@ class PreparedAnswerTests(SynchronousTestCase):
         self.assertEqual([name for name, _ in headers].count(b"X-Authentik-Username"), 1)
         status, headers = self.check(b"/x", cookie=True)
         self.assertEqual(dict(headers)[b"X-Authentik-Username"], b"alice")
+
+
+class SharedValuesTests(SynchronousTestCase):
+    """
+    The values many users have in common are kept once per store.
+    """
+
+    def test_sharedAcrossSessions(self) -> None:
+        store = SessionStore(Clock())
+        one = store.create("p", CLAIMS, ACCESS, ID_TOKEN, 60)
+        other = {**CLAIMS, "sub": "u-2", "preferred_username": "bob", "groups": ["admins", "users"]}
+        two = store.create("p", other, ACCESS, ID_TOKEN, 60)
+        self.assertEqual(one.headerValues[1], b"admins|users")
+        self.assertIs(one.headerValues[1], two.headerValues[1])
+        # The additional headers' names and values too.
+        for index in range(USER_HEADER_COUNT, len(one.headerValues)):
+            self.assertIs(one.headerValues[index], two.headerValues[index])
+        # Not what is the user's own.
+        self.assertNotEqual(one.headerValues[0], two.headerValues[0])
+        self.assertIsNot(one.headerValues[6], two.headerValues[6])
+
+    def test_bounded(self) -> None:
+        """
+        Only short values are kept, and only so many; the others are simply
+        not shared.
+        """
+        from akoutpost import session
+
+        self.patch(session, "_SHARED_VALUES", 5)
+        store = SessionStore(Clock())
+        long = {**CLAIMS, "groups": ["g" * 300]}
+        first = store.create("p", long, ACCESS, ID_TOKEN, 60)
+        second = store.create("p", long, ACCESS, ID_TOKEN, 60)
+        self.assertEqual(first.headerValues[1], b"g" * 300)
+        self.assertIsNot(first.headerValues[1], second.headerValues[1])
+        for n in range(20):
+            store.create("p", {**CLAIMS, "groups": [f"team-{n}"]}, ACCESS, ID_TOKEN, 60)
+        self.assertEqual(len(store._shared), 5)
