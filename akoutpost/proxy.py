@@ -241,18 +241,36 @@ class UpstreamClientFactory(_HTTP11ClientFactory):
         return _ConnectionAwareProtocol(self._quiescentCallback)
 
 
+#: How an upstream body ends without being cut short.
+_BODY_ENDS = (ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss)
+#: Bodies of a known length up to this size are relayed without pausing the
+#: upstream for a slow client: the most they can take in the client's
+#: buffer is this, and pacing costs a producer registration per request.
+UNPACED_BODY = 65_536
+
+
+def paced(length: int | object) -> bool:
+    """
+    Whether a response body of C{length} (or L{UNKNOWN_LENGTH}) pauses the
+    upstream while the client's buffer is full.
+    """
+    return length is UNKNOWN_LENGTH or not isinstance(length, int) or length > UNPACED_BODY
+
+
 class _BodyRelay(Protocol):
     """
     Passes an upstream response body to the client as it arrives, pausing the
     upstream while the client's buffer is full.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, paced: bool = True) -> None:
         self.request = request
         self.clientGone = False
+        self.paced = paced
 
     def connectionMade(self) -> None:
-        self.request.registerProducer(self.transport, True)
+        if self.paced:
+            self.request.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:
         if not self.clientGone:
@@ -260,8 +278,9 @@ class _BodyRelay(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.clientGone:
-            self.request.unregisterProducer()
-            if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
+            if self.paced:
+                self.request.unregisterProducer()
+            if isinstance(reason.value, _BODY_ENDS):
                 self.request.finish()
             else:
                 # The upstream broke off mid-body: make the truncation
@@ -393,7 +412,7 @@ class _Exchange:
             # 204 must not carry a Content-Length (RFC 9110 8.6), and a 304's
             # would describe the cached representation, not 0.
             request.setHeader(b"content-length", str(response.length).encode("ascii"))
-        relay = self.relay = _BodyRelay(request)
+        relay = self.relay = _BodyRelay(request, paced(response.length))
         response.deliverBody(relay)
 
     def _timeoutError(self) -> defer.TimeoutError:

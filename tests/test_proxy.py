@@ -818,3 +818,39 @@ class OutpostSiteFailureTests(OutpostSiteMixin, FailureTests):  # type: ignore[m
     L{FailureTests} through an L{OutpostSite}: upstream failures, timeouts
     and clients leaving.
     """
+
+
+class PacingTests(TestCase):
+    """
+    Which upstream bodies pause for a slow client.
+    """
+
+    def test_pacedUnlessSmallAndKnown(self) -> None:
+        """
+        A body of unknown length, or longer than L{UNPACED_BODY}, pauses the
+        upstream while the client's buffer is full; a short one of known
+        length (at most that much in the buffer) does not need to.
+        """
+        from twisted.web.iweb import UNKNOWN_LENGTH
+
+        from akoutpost import proxy
+
+        self.assertTrue(proxy.paced(UNKNOWN_LENGTH))
+        self.assertTrue(proxy.paced(proxy.UNPACED_BODY + 1))
+        self.assertFalse(proxy.paced(proxy.UNPACED_BODY))
+        self.assertFalse(proxy.paced(0))
+
+    def test_relayRegistersOnlyWhenPaced(self) -> None:
+        from akoutpost import proxy
+
+        registered: list[object] = []
+
+        class Request:
+            def registerProducer(self, producer: object, streaming: bool) -> None:
+                registered.append(producer)
+
+        transport = object()
+        proxy._BodyRelay(Request(), True).makeConnection(transport)  # type: ignore[arg-type]
+        self.assertEqual(registered, [transport])
+        proxy._BodyRelay(Request(), False).makeConnection(transport)  # type: ignore[arg-type]
+        self.assertEqual(registered, [transport])
