@@ -183,10 +183,18 @@ def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool, forwardedH
         }
     raw = _rawHeaders(headers)
     # These two may come from the configuration or a session's claims:
-    # setRawHeaders sanitises them.
-    headers.setRawHeaders(b"host", [host])
+    # setRawHeaders sanitises them, unless they are the client's own Host,
+    # which twisted.web's parser checked.
+    clientHost = incoming.get(b"Host")
+    if clientHost is not None and len(clientHost) == 1 and host is clientHost[0]:
+        raw[b"Host"] = clientHost
+    else:
+        headers.setRawHeaders(b"host", [host])
     if forwardedHost is not None:
-        headers.setRawHeaders(b"x-forwarded-host", [forwardedHost])
+        if clientHost is not None and len(clientHost) == 1 and forwardedHost is clientHost[0]:
+            raw[b"X-Forwarded-Host"] = clientHost
+        else:
+            headers.setRawHeaders(b"x-forwarded-host", [forwardedHost])
     peerHost = getattr(request.getClientAddress(), "host", None)
     chain = []
     if trustedPeer:
