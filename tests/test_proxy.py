@@ -618,6 +618,21 @@ class RequestTests(ProxyTestCase):
         self.assertEqual(len(upstream.received), 2)
         self.assertEqual(len(upstream.connections), 1)
 
+    async def test_upstreamReadSize(self) -> None:
+        """
+        Upstream connections read up to L{READ_SIZE} bytes at a time, twice
+        Twisted's 64 KiB, so that large bodies cross the relay in fewer
+        trips.
+        """
+        from akoutpost.proxy import READ_SIZE
+
+        upstream, upstreamOrigin = self.upstream()
+        port = self.serve(self.proxy(upstreamOrigin))
+        self.assertEqual((await self.fetch(port, rawRequest(b"/"))).code, 200)
+        sizes = [c.transport.bufferSize for conns in self.pool._connections.values() for c in conns]
+        self.assertEqual(sizes, [READ_SIZE])
+        self.assertEqual(READ_SIZE, 131_072)
+
     async def test_responseTimeoutCancelledOnAnswer(self) -> None:
         """
         The response timeout is one delayed call, cancelled when the upstream
