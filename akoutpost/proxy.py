@@ -76,6 +76,9 @@ _NO_TOKENS: frozenset[bytes] = frozenset()
 #: The longest header name or Connection value the module-wide caches keep.
 _CACHED_LENGTH = 64
 _tokenCache: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+#: Whether an upstream's response header (as L{Headers} spells it) is
+#: hop-by-hop, for the names upstreams send again and again.
+_responseHop: dict[bytes, bool] = {}
 
 
 def _connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
@@ -116,6 +119,17 @@ def dropConnectionNamed(headers: Headers) -> None:
         headers.setRawHeaders(b"connection", [b", ".join(kept)])
     else:
         headers.removeHeader(b"connection")
+
+
+def _isHop(name: bytes) -> bool:
+    """
+    Whether the response header C{name} is hop-by-hop; remembered for short
+    names, and so many (upstreams choose them).
+    """
+    hop = name.lower() in HOP_BY_HOP
+    if len(_responseHop) < 1024 and len(name) <= _CACHED_LENGTH:
+        _responseHop[name] = hop
+    return hop
 
 
 def _isForwarding(name: bytes) -> bool:
@@ -228,7 +242,7 @@ class _ConnectionAwareProtocol(HTTP11ClientProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE
+            self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
 
     def request(self, request: Any) -> defer.Deferred[IResponse]:
         d = super().request(request)
@@ -418,9 +432,19 @@ class _Exchange:
             tokens = tokens | own
         drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else HOP_BY_HOP | tokens
         target = _rawHeaders(request.responseHeaders)
-        for name, values in source.items():
-            if name.lower() not in drop:
-                target[name] = list(values)
+        if drop is HOP_BY_HOP:
+            # The usual case: whether a name is dropped is remembered.
+            known = _responseHop.get
+            for name, values in source.items():
+                hop = known(name)
+                if hop is None:
+                    hop = _isHop(name)
+                if not hop:
+                    target[name] = list(values)
+        else:
+            for name, values in source.items():
+                if name.lower() not in drop:
+                    target[name] = list(values)
         if request.method == b"HEAD":
             # The Agent reports length 0 for HEAD and passes the upstream's
             # Content-Length (the GET body's size) as an ordinary header.
@@ -430,7 +454,7 @@ class _Exchange:
         elif response.length is not UNKNOWN_LENGTH and response.code not in (204, 304):
             # 204 must not carry a Content-Length (RFC 9110 8.6), and a 304's
             # would describe the cached representation, not 0.
-            request.setHeader(b"content-length", str(response.length).encode("ascii"))
+            target[b"Content-Length"] = [b"%d" % (response.length,)]
         relay = self.relay = _BodyRelay(request, paced(response.length))
         response.deliverBody(relay)
 

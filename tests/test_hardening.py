@@ -245,6 +245,11 @@ class BoundedCacheTests(SynchronousTestCase):
             self.assertEqual(proxy._copyRule(b"X-Long-%d-" % n + b"y" * 200), proxy._ALWAYS)
             self.assertEqual(proxy._connectionTokens([b"a%d, " % n + b"z" * 200]), {b"a%d" % n, b"z" * 200})
         self.assertEqual((len(proxy._copyRules), len(proxy._tokenCache)), (names, values))
+        hops = len(proxy._responseHop)
+        for n in range(20):
+            self.assertFalse(proxy._isHop(b"X-Long-%d-" % n + b"y" * 200))
+        self.assertTrue(proxy._isHop(b"Transfer-Encoding"))
+        self.assertLessEqual(len(proxy._responseHop), hops + 1)
 
     def test_spoofableVerdictsBounded(self) -> None:
         """
