@@ -167,9 +167,20 @@ def _userAttributes(claims: Mapping[str, Any]) -> Mapping[str, Any]:
     return attributes if isinstance(attributes, dict) else {}
 
 
-def _safeValue(value: str) -> str:
-    # Header values can not carry line breaks; Twisted would also refuse them.
-    return value.replace("\r", " ").replace("\n", " ")
+#: Control characters (all but tab) made spaces in a header value.
+_CONTROLS = {code: " " for code in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+
+
+def safeValue(value: str) -> str:
+    """
+    C{value} fit for a header value: line breaks and the other control
+    characters (RFC 9110 5.5 allows none but tab) become spaces.  Values
+    made safe here, at login, are written as they are on every request.
+    """
+    return value.translate(_CONTROLS)
+
+
+_safeValue = safeValue
 
 
 def identityHeaders(claims: Mapping[str, Any] | None, rawToken: str, context: IdentityContext) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from akoutpost.headers import USER_HEADER_COUNT, basicAuthAttributes, userHeaderValues
+from akoutpost.headers import USER_HEADER_COUNT, basicAuthAttributes, safeValue, userHeaderValues
 
 #: Which of L{userHeaderValues}' fixed values users share: the groups and
 #: the entitlements.
@@ -285,7 +285,7 @@ class SessionStore:
         issuer = self._issuers.setdefault(issuer, issuer)
         sid = claims.get("sid")
         sub = str(claims.get("sub", ""))
-        token = rawToken.replace("\r", " ").replace("\n", " ").encode("utf-8")
+        token = safeValue(rawToken).encode("utf-8")
         values = self._share(userHeaderValues(claims, token))
         session = Session(
             sessionId=_b64(secrets.token_bytes(_ID_BYTES)),

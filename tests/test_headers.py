@@ -4,6 +4,7 @@ Tests for L{akoutpost.headers}: the identity headers and spoofing removal.
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
@@ -15,6 +16,7 @@ from akoutpost.headers import (
     stripCookies,
     stripSpoofable,
 )
+from akoutpost.session import SessionStore
 
 CONTEXT = IdentityContext(
     outpostName="authentik Embedded Outpost",
@@ -96,6 +98,21 @@ class IdentityHeaderTests(SynchronousTestCase):
     def test_lineBreaksRemoved(self) -> None:
         headers = dict(identityHeaders({**CLAIMS, "name": "a\r\nX-Evil: 1"}, "", CONTEXT))
         self.assertEqual(headers["X-authentik-name"], "a  X-Evil: 1")
+
+    def test_controlCharactersRemoved(self) -> None:
+        """
+        NUL, the other control characters and DEL become spaces (a front
+        proxy refuses an answer holding them); tab and non-ASCII text stay.
+        """
+        claims = {**CLAIMS, "name": "a\x00b\x1bc\x7fd\te é", "groups": ["x\x0by"]}
+        headers = dict(identityHeaders(claims, "tok\x00en", CONTEXT))
+        self.assertEqual(headers["X-authentik-name"], "a b c d\te é")
+        self.assertEqual(headers["X-authentik-groups"], "x y")
+        self.assertEqual(headers["X-authentik-jwt"], "tok en")
+        store = SessionStore(Clock())
+        session = store.create("p", claims, "tok\x00en", "", 60)
+        self.assertEqual(session.headerValues[4], "a b c d\te é".encode())
+        self.assertEqual(session.headerValues[6], b"tok en")
 
 
 class SpoofingTests(SynchronousTestCase):
