@@ -118,7 +118,7 @@ def _signature(args: Mapping[str, list[str]], name: str) -> bool:
     return value is not None and value.lower() == "true"
 
 
-_ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 
 def allowlistPath(rawPath: bytes) -> str | None:
@@ -389,7 +389,7 @@ class Application:
             status = 403 if error == "access_denied" else 400
             # Only an RFC 6749 error code is shown: free text from the URL on
             # the application's own origin would be a phishing aid.
-            shown = error if _ERROR_CODE.match(error) else "unknown error"
+            shown = error if _ERROR_CODE.fullmatch(error) else "unknown error"
             return renderPage(
                 request, status, "Login refused", f"The login provider refused the login ({shown}).", restart
             )

@@ -70,7 +70,7 @@ MAX_ENTRIES = 10_000
 MAX_HEADER_VALUE = 64 * 1024
 
 # RFC 6750 b64token (RFC 7235 token68).
-_TOKEN68 = re.compile(rb"^[A-Za-z0-9\-._~+/]+=*$")
+_TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -152,7 +152,7 @@ def parseAuthorization(value: bytes) -> Credentials | None:
         return None
     scheme = scheme.lower()
     if scheme == b"bearer":
-        return BearerCredentials(rest.decode("ascii")) if _TOKEN68.match(rest) else None
+        return BearerCredentials(rest.decode("ascii")) if _TOKEN68.fullmatch(rest) else None
     if scheme != b"basic":
         return None
     try:
@@ -164,7 +164,7 @@ def parseAuthorization(value: bytes) -> Credentials | None:
         return None
     if username == BEARER_USERNAME:
         token = password.encode("ascii", "replace")
-        return BearerCredentials(password) if _TOKEN68.match(token) else None
+        return BearerCredentials(password) if _TOKEN68.fullmatch(token) else None
     return PasswordCredentials(username, password)
 
 

@@ -58,7 +58,8 @@ _UNDERSCORE_ALIASES = (
 )
 _FIRST_BYTES = frozenset((b"x", b"X", b"t", b"T"))
 assert all(p[:1] in _FIRST_BYTES for p in _PROTECTED_PREFIXES + _UNDERSCORE_ALIASES)
-_TOKEN = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
+# fullmatch, not match with "$": "$" also matches before a final line feed.
+_TOKEN = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def _additionalHeaders(attributes: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         (name, _safeValue(_text(value)))
         for name, value in extra.items()
-        if isinstance(name, str) and _TOKEN.match(name) and "_" not in name and name.lower() not in _FRAMING_NAMES
+        if isinstance(name, str) and _TOKEN.fullmatch(name) and "_" not in name and name.lower() not in _FRAMING_NAMES
     ]
 
 

@@ -466,6 +466,8 @@ class OutpostResource(Resource):
             return handler(*args)
         except Exception:
             self.log.failure("error while handling {uri}", uri=request.uri.decode("latin-1")[:200])
+            if isinstance(request, OutpostRequest):
+                request.dropHeaderLines()
             return renderPage(request, 500, "Internal Server Error", "The outpost could not handle this request.")
 
     def _forwardAuth(self, kind: str, request: Request, timer: RequestTimer) -> bytes | int | None:

@@ -125,6 +125,17 @@ class OutpostRequest(Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def dropHeaderLines(self) -> None:
+        """
+        Forget the lines given to L{addHeaderLines}: the answer they were
+        for is being replaced (by an error page).
+        """
+        self._headerLines = b""
+
+    def processingFailed(self, reason: Failure) -> object:
+        self.dropHeaderLines()
+        return super().processingFailed(reason)
+
     def whenDone(self, call: Callable[..., object], *args: object) -> None:
         """
         Call C{call(*args)} once the request is finished, or its client has

@@ -216,6 +216,22 @@ class PreparedLinesTests(SynchronousTestCase):
             proxy = {**CLAIMS["ak_proxy"], "user_attributes": {"additionalHeaders": extra}}
             self.assertIsNone(self.compare({**CLAIMS, "ak_proxy": proxy}, False), extra)
 
+    def test_namesWithLineFeedsNeverAdded(self) -> None:
+        """
+        An additional header name ending in a line feed (which a regular
+        expression's C{$} lets through) is not a token: it is dropped, and
+        no prepared line ever holds a bare line feed.
+        """
+        extra = {"Transfer-Encoding\n": "chunked", "X-Evil\n": "v", "X-Ok": "1"}
+        proxy = {**CLAIMS["ak_proxy"], "user_attributes": {"additionalHeaders": extra}}
+        claims = {**CLAIMS, "ak_proxy": proxy}
+        values = userHeaderValues(claims, b"t")
+        self.assertEqual(values[USER_HEADER_COUNT:], (b"X-Ok", b"1"))
+        context = IdentityContext("out", "prov", "app", "", False, "", "")
+        lines = identityLines(values, metaLines(metaHeaders(context)), None, context)
+        assert lines is not None
+        self.assertNotIn(b"\n", lines.replace(b"\r\n", b""))
+
     def test_framingHeadersNeverAdded(self) -> None:
         """
         C{additionalHeaders} cannot add a header that frames the message or
@@ -308,6 +324,23 @@ class PreparedAnswerTests(SynchronousTestCase):
         self.assertTrue(application._plainValue(b"Mozilla/5.0 (X11)"))
         for bad in (b"a\rb", b"a\nb", b"a\x00b"):
             self.assertFalse(application._plainValue(bad))
+
+    def test_errorPageCarriesNoPreparedLines(self) -> None:
+        """
+        Should the answer fail after its lines were prepared, the error page
+        carries none of them.
+        """
+        from akoutpost.application import Application
+
+        def failing(app: Application, request: Any, session: Any) -> bool:
+            request.addHeaderLines(b"X-Authentik-Username: alice\r\n")
+            raise RuntimeError("broken")
+
+        self.patch(Application, "_prepareAnswer", failing)
+        status, headers = self.check(b"/x", cookie=True)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(status, b"HTTP/1.1 500 Internal Server Error")
+        self.assertNotIn(b"X-Authentik-Username", [name for name, _ in headers])
 
     def test_nothingLeftForTheNextAnswer(self) -> None:
         """
