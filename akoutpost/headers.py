@@ -181,8 +181,6 @@ def safeValue(value: str) -> str:
     return value.translate(_CONTROLS)
 
 
-_safeValue = safeValue
-
 
 def identityHeaders(claims: Mapping[str, Any] | None, rawToken: str, context: IdentityContext) -> list[tuple[str, str]]:
     """
@@ -207,7 +205,7 @@ def identityHeaders(claims: Mapping[str, Any] | None, rawToken: str, context: Id
         context.appSlug,
         VERSION_HEADER_VALUE,
     ]
-    result = [(name, _safeValue(value)) for name, value in zip(IDENTITY_HEADERS, values, strict=True)]
+    result = [(name, safeValue(value)) for name, value in zip(IDENTITY_HEADERS, values, strict=True)]
     if not claims:
         return result
     attributes = _userAttributes(claims)
@@ -246,7 +244,7 @@ def _additionalHeaders(attributes: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not isinstance(extra, dict):
         return []
     return [
-        (name, _safeValue(_text(value)))
+        (name, safeValue(_text(value)))
         for name, value in extra.items()
         if isinstance(name, str) and _TOKEN.fullmatch(name) and "_" not in name and name.lower() not in _FRAMING_NAMES
     ]
@@ -279,12 +277,12 @@ def userHeaderValues(claims: Mapping[str, Any], rawToken: bytes) -> tuple[bytes,
     L{identityHeaders} gives for these names, as bytes.
     """
     values: list[bytes] = [
-        _safeValue(_text(claims.get("preferred_username"))).encode("utf-8"),
-        _safeValue(_joined(claims.get("groups"))).encode("utf-8"),
-        _safeValue(_joined(claims.get("entitlements"))).encode("utf-8"),
-        _safeValue(_text(claims.get("email"))).encode("utf-8"),
-        _safeValue(_text(claims.get("name"))).encode("utf-8"),
-        _safeValue(_text(claims.get("sub"))).encode("utf-8"),
+        safeValue(_text(claims.get("preferred_username"))).encode("utf-8"),
+        safeValue(_joined(claims.get("groups"))).encode("utf-8"),
+        safeValue(_joined(claims.get("entitlements"))).encode("utf-8"),
+        safeValue(_text(claims.get("email"))).encode("utf-8"),
+        safeValue(_text(claims.get("name"))).encode("utf-8"),
+        safeValue(_text(claims.get("sub"))).encode("utf-8"),
         rawToken if claims else b"",
     ]
     for name, value in _additionalHeaders(_userAttributes(claims)):
@@ -312,7 +310,7 @@ def metaHeaders(context: IdentityContext) -> tuple[tuple[bytes, bytes], ...]:
     C{-meta-version}), the same for all of its users.
     """
     values = (context.jwksUri, context.outpostName, context.providerName, context.appSlug, VERSION_HEADER_VALUE)
-    return tuple((name, _safeValue(value).encode("utf-8")) for name, value in zip(_META_NAMES, values, strict=True))
+    return tuple((name, safeValue(value).encode("utf-8")) for name, value in zip(_META_NAMES, values, strict=True))
 
 
 def applyIdentity(

@@ -215,9 +215,8 @@ class OutpostMetrics:
             ["outpost_name", "outpost_type", "uuid"],
             registry=registry,
         )
-        # The labelled series each request observes, by their varying
-        # labels: labels() validates and locks on every call.
-        self._requestChildren: dict[tuple[str, str, str], Any] = {}
+        # The upstream series by method, host and origin: finding one from
+        # scratch parses the origin.
         self._upstreamChildren: dict[tuple[str, str, bytes], Any] = {}
         self.liveSessions = liveSessions
         self._sessionKeys: dict[str, set[str]] = {}
@@ -340,12 +339,8 @@ class OutpostMetrics:
         return RequestTimer(self, methodLabel(request.method), kind, self.clock.seconds())
 
     def _requestSeries(self, method: str, host: str, kind: str) -> Any:
-        key = (method, host, kind)
-        child = self._requestChildren.get(key)
-        if child is None:
-            # Bounded: the methods, the providers' hosts and two kinds.
-            child = self._requestChildren[key] = self.requestDuration.labels(self.name, method, host, kind)
-        return child
+        # Bounded: the methods, the providers' hosts and two kinds.
+        return self.requestDuration.labels(self.name, method, host, kind)
 
     def _upstreamSeries(self, method: str, host: str, origin: bytes) -> Any:
         key = (method, host, origin)

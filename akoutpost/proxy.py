@@ -200,13 +200,14 @@ def upstreamHeaders(request: Request, host: bytes, trustedPeer: bool, forwardedH
     # setRawHeaders sanitises them, unless they are the client's own Host,
     # which twisted.web's parser checked.
     clientHost = incoming.get(b"Host")
-    if clientHost is not None and len(clientHost) == 1 and host is clientHost[0]:
-        raw[b"Host"] = clientHost
+    own = clientHost[0] if clientHost is not None and len(clientHost) == 1 else None
+    if own is not None and host is own:
+        raw[b"Host"] = [own]
     else:
         headers.setRawHeaders(b"host", [host])
     if forwardedHost is not None:
-        if clientHost is not None and len(clientHost) == 1 and forwardedHost is clientHost[0]:
-            raw[b"X-Forwarded-Host"] = clientHost
+        if own is not None and forwardedHost is own:
+            raw[b"X-Forwarded-Host"] = [own]
         else:
             headers.setRawHeaders(b"x-forwarded-host", [forwardedHost])
     peerHost = getattr(request.getClientAddress(), "host", None)
@@ -287,7 +288,7 @@ def paced(length: int | object) -> bool:
     Whether a response body of C{length} (or L{UNKNOWN_LENGTH}) pauses the
     upstream while the client's buffer is full.
     """
-    return length is UNKNOWN_LENGTH or not isinstance(length, int) or length > UNPACED_BODY
+    return not isinstance(length, int) or length > UNPACED_BODY
 
 
 class _BodyRelay(Protocol):

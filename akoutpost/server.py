@@ -96,7 +96,7 @@ class OutpostRequest(Request):
         header of the response uses, each value free of CR, LF and NUL.
         Anything else goes through C{responseHeaders}, which checks it.
         """
-        if type(self.channel) is OutpostChannel:
+        if isinstance(self.channel, OutpostChannel):
             self._headerLines += lines
         else:
             # Another channel (an in-memory test's) writes responseHeaders
