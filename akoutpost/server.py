@@ -15,6 +15,7 @@ provider's C{max_body_size}, without reading the rest.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import Request, Site
 
@@ -36,6 +38,10 @@ from akoutpost.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAU
 #: makes the kernel send a reset, which can destroy the answer before the
 #: client reads it.
 LINGER_TIMEOUT = 5.0
+
+#: What a request header value must not hold (RFC 9110 section 5.5), as
+#: HTTPChannel.headerReceived checks it.
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
 
 _log = Logger()
 
@@ -244,6 +250,22 @@ class OutpostChannel(HTTPChannel):
         if self._refused:
             # Read and thrown away until the client closes (see refuse).
             return
+        # A read that starts with a whole head (the usual case) is parsed in
+        # one pass; anything else goes line by line through HTTPChannel.
+        while (
+            self.line_mode
+            and not self._buffer
+            and not self._receivedHeaderSize
+            and not self._busyReceiving
+            and not self.paused
+            and self.persistent
+        ):
+            rest = self._wholeHead(data)
+            if rest is None:
+                break
+            data = rest
+            if not data or self._refused or self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+                return
         super().dataReceived(data)
         if (
             self._headCall is None
@@ -258,6 +280,78 @@ class OutpostChannel(HTTPChannel):
             and not self.transport.disconnecting  # type: ignore[attr-defined]
         ):
             self._headCall = self.callLater(self.headerTimeout, self._headTimedOut)
+
+    def _wholeHead(self, data: bytes) -> bytes | None:
+        """
+        Parse the request head at the start of C{data}, if it is all there
+        and plain, in one pass: what HTTPChannel's C{lineReceived} and
+        C{headerReceived} do line by line, with the same checks and the same
+        answers.
+
+        @return: The bytes after the head, or L{None} if the head is not
+            whole, or is unusual (folded header lines, a leading empty
+            line, too large, too many headers), and HTTPChannel must parse
+            it.
+        """
+        end = data.find(b"\r\n\r\n")
+        if end <= 0 or data.startswith(b"\r\n"):
+            return None
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        count = len(lines) - 1
+        size = end - 2 * count
+        if (
+            size > self.totalHeadersSize
+            or size > self.MAX_LENGTH
+            or count > self.maxHeaders
+            or b"\r\n " in head
+            or b"\r\n\t" in head
+        ):
+            return None
+        self.resetTimeout()
+        if http.INonQueuedRequestFactory.providedBy(self.requestFactory):
+            request = self.requestFactory(self)
+        else:
+            request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        self._receivedHeaderSize = size
+        try:
+            self._command, self._path, self._version = http._parseRequestLine(lines[0])
+        except ValueError:
+            self._respondToBadRequestAndDisconnect()
+            return b""
+        raw = request.requestHeaders._rawHeaders
+        encode = _nameEncoder.encode
+        for index in range(1, count + 1):
+            name, colon, value = lines[index].partition(b":")
+            try:
+                if not colon:
+                    raise InvalidHeaderName(name)
+                name = encode(name)
+            except InvalidHeaderName:
+                self._respondToBadRequestAndDisconnect()
+                return b""
+            value = value.strip(b" \t")
+            if _FORBIDDEN_IN_VALUE.search(value) is not None:
+                self._respondToBadRequestAndDisconnect()
+                return b""
+            if (name == b"Content-Length" or name == b"Transfer-Encoding") and not (
+                self._maybeChooseTransferDecoder(name, value)
+            ):
+                return b""
+            values = raw.get(name)
+            if values is None:
+                raw[name] = [value]
+            else:
+                values.append(value)
+        self._receivedHeaderCount = count
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+        return data[end + 4 :]
 
     def _cancelHeadCall(self) -> None:
         if self._headCall is not None:

@@ -385,6 +385,210 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(limits, {b"a.example": 10, b"a.example:80": 10, b"b.example": 0, b"c.example": 0})
 
 
+class Echo(Resource):
+    """
+    Answers every request with what it received: the request line, every
+    header in the order it was stored, and the body.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        seen = [request.method, request.uri, request.clientproto]
+        seen.extend(name + b": " + b" | ".join(values) for name, values in request.requestHeaders.getAllRawHeaders())
+        seen.append(request.content.read())
+        return repr(seen).encode("ascii")
+
+
+#: Request streams, each sent in one read: plain heads and every way a head
+#: can be odd or bad.
+HEADS = (
+    b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\nX-A:3\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhOsT:   x  \t\r\nX-Empty:\r\nX-Tab: a\tb\r\netag: e\r\nwww-authenticate: w\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-V: a:b: c\r\nX-U: \xc3\xa9\xff\r\n\r\n",
+    # Folded header lines, a leading empty line (or two).
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-F: a\r\n  b\r\n\tc\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Bad header lines.
+    b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    b"GET / HTTP/1.1\r\n: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX A: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX\x00A: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-A: a\nb: c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-A\n: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-A: a\r\n\n\r\n\r\n",
+    # Bad request lines.
+    b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+    b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\xb0 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\xb1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1 x\r\nHost: x\r\n\r\n",
+    b"GET /\nx HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Bodies and their framing.
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\ncontent-length:  3 \r\n\r\nabc",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    b"POST /p HTTP/1.1\r\nHost: limited.example\r\nContent-Length: 101\r\n\r\n" + b"x" * 101,
+    b"POST /p HTTP/1.1\r\nHost: limited.example\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
+    # Several requests in one read, and what follows a last request.
+    b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nabGET /3 HTTP/1.1\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /1 HTTP/1.0\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost x\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\ngarbage\r\n\r\n",
+)
+
+
+class OnePassHeadTests(SynchronousTestCase):
+    """
+    A request head that arrives whole in one read is parsed in one pass
+    (L{OutpostChannel._wholeHead}) with exactly the results of HTTPChannel's
+    line-by-line parser, which the same channel uses when the bytes arrive
+    one at a time.
+    """
+
+    maxHeaderSize = 512
+
+    def converse(self, chunks: list[bytes]) -> tuple[bytes, bool, int]:
+        """
+        Feed C{chunks} to a new channel, then let every timeout pass if it
+        is still open.
+
+        @return: What the channel wrote (without C{Date} lines), whether it
+            closed the connection, and how many lines went through
+            HTTPChannel's C{lineReceived}.
+        """
+        clock = Clock()
+        site = OutpostSite(Echo(), reactor=clock, maxHeaderSize=self.maxHeaderSize, bodyLimit=Limits({b"limited.example": 100}))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        channel.makeConnection(transport)
+        lines = [0]
+        parse = channel.lineReceived
+
+        def counted(line: bytes) -> None:
+            lines[0] += 1
+            parse(line)
+
+        channel.lineReceived = counted  # type: ignore[method-assign]
+        for chunk in chunks:
+            if not transport.disconnecting:
+                channel.dataReceived(chunk)
+        if not transport.disconnecting:
+            clock.advance(3600)
+        written = b"".join(line for line in transport.value().splitlines(True) if not line.startswith(b"Date: "))
+        return written, transport.disconnecting, lines[0]
+
+    def assertSameAnswers(self, stream: bytes, *, split: int | None = None) -> tuple[bytes, int]:
+        """
+        The answers to C{stream} read whole (or in two reads, at C{split})
+        equal the answers to it read a byte at a time.
+
+        @return: The answers, and the lines the whole read sent through
+            HTTPChannel's parser.
+        """
+        chunks = [stream] if split is None else [stream[:split], stream[split:]]
+        whole, wholeClosed, lines = self.converse(chunks)
+        byByte, byByteClosed, _ = self.converse([stream[i : i + 1] for i in range(len(stream))])
+        self.assertEqual((whole, wholeClosed), (byByte, byByteClosed), stream)
+        return whole, lines
+
+    def test_sameAnswers(self) -> None:
+        """
+        Every stream of L{HEADS} gets the same answers, byte for byte, and
+        the same connection state, read whole as read a byte at a time.
+        """
+        for stream in HEADS:
+            self.assertSameAnswers(stream)
+
+    def test_sameAnswersSplit(self) -> None:
+        """
+        The same holds wherever a read ends: every stream of L{HEADS} split
+        in two at each position.
+        """
+        for stream in HEADS[:: 5]:
+            for split in range(1, len(stream)):
+                self.assertSameAnswers(stream, split=split)
+
+    def test_plainHeadInOnePass(self) -> None:
+        """
+        A plain head, and the requests pipelined after it, never go through
+        HTTPChannel's line parser; the answers name what was received.
+        """
+        answers, lines = self.assertSameAnswers(HEADS[0] + HEADS[1])
+        self.assertEqual(lines, 0)
+        self.assertEqual(answers.count(b"HTTP/1.1 200 OK\r\n"), 2)
+        self.assertIn(b"'GET', b'/a?b=c', b'HTTP/1.1', b'Host: x', b'Accept: */*', b''", answers)
+        self.assertIn(b"b'X-A: 1 | 2 | 3'", answers)
+
+    def test_oddHeadLineByLine(self) -> None:
+        """
+        A folded header line, a leading empty line and a head larger than
+        the limit are left to HTTPChannel's line parser.
+        """
+        for stream in (HEADS[4], HEADS[5]):
+            _, lines = self.assertSameAnswers(stream)
+            self.assertGreater(lines, 0)
+        large = b"GET / HTTP/1.1\r\nX-Large: " + b"a" * self.maxHeaderSize + b"\r\n\r\n"
+        answers, lines = self.assertSameAnswers(large)
+        self.assertTrue(answers.startswith(b"HTTP/1.1 431 "), answers)
+
+    def test_limits(self) -> None:
+        """
+        Heads at the size and count limits are parsed; one byte or one
+        header more is refused, as HTTPChannel refuses it.
+        """
+        start = b"GET / HTTP/1.1\r\n"
+        # The size counts the request line and the header lines, without
+        # their line ends.
+        filler = b"X-Fill: " + b"a" * (self.maxHeaderSize - len(start) + 2 - len(b"X-Fill: "))
+        atLimit = start + filler + b"\r\n\r\n"
+        answers, lines = self.assertSameAnswers(atLimit)
+        self.assertTrue(answers.startswith(b"HTTP/1.1 200 "), answers)
+        self.assertEqual(lines, 0)
+        answers, _ = self.assertSameAnswers(start + filler + b"a\r\n\r\n")
+        self.assertTrue(answers.startswith(b"HTTP/1.1 431 "), answers)
+        self.maxHeaderSize = 100_000
+        many = start + b"".join(b"X-%d: v\r\n" % index for index in range(500)) + b"\r\n"
+        answers, lines = self.assertSameAnswers(many)
+        self.assertTrue(answers.startswith(b"HTTP/1.1 200 "), answers)
+        self.assertEqual(lines, 0)
+        tooMany = start + b"".join(b"X-%d: v\r\n" % index for index in range(501)) + b"\r\n"
+        answers, _ = self.assertSameAnswers(tooMany)
+        self.assertTrue(answers.startswith(b"HTTP/1.1 400 "), answers)
+
+    def test_manyPipelined(self) -> None:
+        """
+        Thousands of requests in one read are answered in order, without
+        recursion.
+        """
+        stream = b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % index for index in range(5000))
+        answers = self.converse([stream])[0]
+        self.assertEqual(answers.count(b"HTTP/1.1 200 OK\r\n"), 5000)
+        self.assertIn(b"b'/4999'", answers)
+
+
 class AgentSettingsTests(SynchronousTestCase):
     """
     The upstream timeouts reach the agents, pools and proxies the service
