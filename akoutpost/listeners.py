@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from akoutpost.drain import ListenerSite
 from akoutpost.tls import CertificateStore
+from akoutpost.writes import acceptWithEndOfTurnWrites
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -85,6 +86,7 @@ class Listener(StreamServerEndpointService):
         failures: list[Failure] = []
 
         def listening(port: IListeningPort) -> IListeningPort:
+            acceptWithEndOfTurnWrites(port)
             self.port = port
             return port
 

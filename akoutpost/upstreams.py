@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from akoutpost.config import ProviderConfig
 from akoutpost.tls import upstreamPolicy
+from akoutpost.writes import connectingWithEndOfTurnWrites
 
 #: Upstreams remembered by one L{UpstreamEndpoints}; a session's
 #: C{backend_override} can name others, so the cache is bounded.
@@ -42,6 +43,7 @@ class UpstreamEndpoints:
 
     def __init__(self, reactor: Any, policyForHTTPS: IPolicyForHTTPS, connectTimeout: float | None = None) -> None:
         self._reactor = reactor
+        self._connecting = connectingWithEndOfTurnWrites(reactor)
         self._policyForHTTPS = policyForHTTPS
         self._connectTimeout = connectTimeout
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
@@ -64,7 +66,7 @@ class UpstreamEndpoints:
         except UnicodeDecodeError:
             raise ValueError(f"The host of the URI ({uri.host!r}) is not ASCII") from None
         endpoint = HostnameEndpoint(
-            self._reactor, host, uri.port, timeout=30 if self._connectTimeout is None else self._connectTimeout
+            self._connecting, host, uri.port, timeout=30 if self._connectTimeout is None else self._connectTimeout
         )
         if uri.scheme in (b"https", b"wss"):
             return wrapClientTLS(self._policyForHTTPS.creatorForNetloc(uri.host, uri.port), endpoint)
