@@ -23,8 +23,9 @@ from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import URI, FileBodyProducer, PotentialDataLoss, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -245,12 +246,70 @@ class _ConnectionAwareProtocol(HTTP11ClientProtocol):
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
 
+    def dataReceived(self, data: bytes) -> None:
+        # A read that starts with a whole response head (the usual case) is
+        # parsed in one pass; anything else goes line by line through
+        # Twisted's parser.
+        parser = self._parser
+        if (
+            parser is not None
+            and parser.state == STATUS
+            and parser.line_mode
+            and not parser._buffer
+            and not parser._busyReceiving
+        ):
+            try:
+                if _wholeHead(parser, data):
+                    return
+            except BaseException:
+                # What HTTP11ClientProtocol does with a parser's error.
+                self._giveUp(Failure())
+                return
+        super().dataReceived(data)
+
     def request(self, request: Any) -> defer.Deferred[IResponse]:
         d = super().request(request)
         parser = getattr(self, "_parser", None)
         if parser is not None:
             d.addCallback(_noteConnection, parser)
         return d
+
+
+def _wholeHead(parser: Any, data: bytes) -> bool:
+    """
+    Parse the response head at the start of C{data} in one pass, if it is
+    all there and plain (every line ending in CR LF, no folded lines, no
+    larger than a line may be): the calls Twisted's C{HTTPClientParser}
+    makes line by line, in the same order, with the same errors; the bytes
+    after the head are left in its buffer, as its line reader leaves them,
+    and handled as it handles them.
+
+    @return: Whether the head was parsed; if not, nothing was changed.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or end > parser.MAX_LENGTH:
+        return False
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    count = len(lines) - 1
+    if head.count(b"\n") != count or head.count(b"\r") != count or b"\r\n " in head or b"\r\n\t" in head:
+        return False
+    parser._everReceivedData = True
+    parser._busyReceiving = True
+    try:
+        parser.statusReceived(lines[0])
+        parser.state = HEADER
+        received = parser.headerReceived
+        for index in range(1, count + 1):
+            name, value = lines[index].split(b":", 1)
+            received(name, value.strip())
+        parser._buffer = data[end + 4 :]
+        parser.allHeadersReceived()
+    finally:
+        parser._busyReceiving = False
+    if parser._buffer and not (parser.transport and parser.transport.disconnecting):
+        LineReceiver.dataReceived(parser, b"")
+    return True
 
 
 def _noteConnection(response: IResponse, parser: Any) -> IResponse:

@@ -15,7 +15,6 @@ provider's C{max_body_size}, without reading the rest.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -39,9 +38,8 @@ from akoutpost.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAU
 #: client reads it.
 LINGER_TIMEOUT = 5.0
 
-#: What a request header value must not hold (RFC 9110 section 5.5), as
-#: HTTPChannel.headerReceived checks it.
-_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
+#: The request headers that frame its body.
+_FRAMING = frozenset((b"Content-Length", b"Transfer-Encoding"))
 
 _log = Logger()
 
@@ -306,6 +304,11 @@ class OutpostChannel(HTTPChannel):
             or count > self.maxHeaders
             or b"\r\n " in head
             or b"\r\n\t" in head
+            # A NUL, or a CR or LF that does not end a line, anywhere:
+            # HTTPChannel finds which line and answers.
+            or b"\x00" in head
+            or head.count(b"\r") != count
+            or head.count(b"\n") != count
         ):
             return None
         self.resetTimeout()
@@ -322,23 +325,23 @@ class OutpostChannel(HTTPChannel):
             self._respondToBadRequestAndDisconnect()
             return b""
         raw = request.requestHeaders._rawHeaders
-        encode = _nameEncoder.encode
+        canonical = _nameEncoder._canonicalHeaderCache
         for index in range(1, count + 1):
             name, colon, value = lines[index].partition(b":")
-            try:
-                if not colon:
-                    raise InvalidHeaderName(name)
-                name = encode(name)
-            except InvalidHeaderName:
-                self._respondToBadRequestAndDisconnect()
-                return b""
+            known = canonical.get(name)
+            if known is not None and colon:
+                name = known
+            else:
+                try:
+                    if not colon:
+                        raise InvalidHeaderName(name)
+                    name = _nameEncoder.encode(name)
+                except InvalidHeaderName:
+                    self._respondToBadRequestAndDisconnect()
+                    return b""
+            # (No NUL, CR or LF in the value: see above.)
             value = value.strip(b" \t")
-            if _FORBIDDEN_IN_VALUE.search(value) is not None:
-                self._respondToBadRequestAndDisconnect()
-                return b""
-            if (name == b"Content-Length" or name == b"Transfer-Encoding") and not (
-                self._maybeChooseTransferDecoder(name, value)
-            ):
+            if name in _FRAMING and not self._maybeChooseTransferDecoder(name, value):
                 return b""
             values = raw.get(name)
             if values is None:

@@ -869,3 +869,201 @@ class PacingTests(TestCase):
         self.assertEqual(registered, [transport])
         proxy._BodyRelay(Request(), False).makeConnection(transport)  # type: ignore[arg-type]
         self.assertEqual(registered, [transport])
+
+
+class _Body(Protocol):
+    """
+    Collects a response body and how it ended.
+    """
+
+    def __init__(self, outcome: list[object]) -> None:
+        self.outcome = outcome
+
+    def dataReceived(self, data: bytes) -> None:
+        self.outcome.append(("body", data))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.outcome.append(("end", reason.type.__name__))
+
+
+#: Upstream response streams, each received in one read: plain heads and
+#: every way a head can be odd or bad.  Each answers a GET unless it starts
+#: with the method to use.
+RESPONSES = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\nETAG: e\r\nConnection: x-a, keep-alive\r\n\r\nhel",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+    b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nX-A: a\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\nGARBAGE",
+    b"HTTP/1.1 304 Not Modified\r\nETag: e\r\nContent-Length: 10\r\n\r\n",
+    b"HEAD HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-Space:   a b  \r\nX-Odd: \x0bv\x0c\r\nX-Empty:\r\nX-Colon: a:b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-U: \xc3\xa9\xff\r\nContent-Length: 0\r\n\r\n",
+    # Odd or bad heads.
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-F: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX A: b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"FOO/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+    b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Large: " + b"a" * 20000 + b"\r\nContent-Length: 0\r\n\r\n",
+)
+
+
+class OnePassResponseHeadTests(TestCase):
+    """
+    An upstream response head that arrives whole in one read is parsed in
+    one pass (L{akoutpost.proxy._wholeHead}) with exactly the results of
+    Twisted's line-by-line response parser, which the same protocol uses
+    when the bytes arrive one at a time.
+    """
+
+    def exchange(self, stream: bytes, chunks: Callable[[bytes], list[bytes]]) -> tuple[list[object], bool, int]:
+        """
+        Send a request on a new upstream connection and feed it C{stream}'s
+        response, in the reads C{chunks} makes of it.
+
+        @return: What the request got (the response's parts, its body and
+            how it ended, or how it failed), whether the connection was
+            closed, and how many times Twisted's line parser was called.
+        """
+        from twisted.internet.testing import StringTransport
+        from twisted.web._newclient import HTTPClientParser
+        from twisted.web._newclient import Request as ClientRequest
+        from twisted.web.http_headers import Headers
+
+        method = b"GET"
+        if stream.startswith(b"HEAD "):
+            method, stream = b"HEAD", stream[5:]
+        protocol = UpstreamClientFactory(lambda p: None, "test").buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        outcome: list[object] = []
+        d = protocol.request(ClientRequest(method, b"/", Headers({b"Host": [b"x"]}), None))
+
+        def got(response: Any) -> None:
+            outcome.append(
+                (
+                    response.version,
+                    response.code,
+                    response.phrase,
+                    list(response.headers.getAllRawHeaders()),
+                    response.length,
+                    sorted(response.connectionTokens),
+                )
+            )
+            response.deliverBody(_Body(outcome))
+
+        def failed(failure: Failure) -> None:
+            reasons = getattr(failure.value, "reasons", [failure])
+            outcome.append(("failed", failure.type.__name__, [r.type.__name__ for r in reasons]))
+
+        d.addCallbacks(got, failed)
+        calls = [0]
+        parse = HTTPClientParser.lineReceived
+
+        def counted(parser: Any, line: bytes) -> Any:
+            calls[0] += 1
+            return parse(parser, line)
+
+        self.patch(HTTPClientParser, "lineReceived", counted)
+        for chunk in chunks(stream):
+            if transport.disconnecting:
+                break
+            protocol.dataReceived(chunk)
+        return outcome, bool(transport.disconnecting), calls[0]
+
+    def assertSame(self, stream: bytes, split: int | None = None) -> tuple[list[object], int]:
+        """
+        The response to C{stream} read whole (or in two reads, at C{split})
+        is what it is read a byte at a time.
+
+        @return: That outcome, and how many lines the whole read sent
+            through Twisted's line parser.
+        """
+
+        def whole(data: bytes) -> list[bytes]:
+            return [data] if split is None else [data[:split], data[split:]]
+
+        def byByte(data: bytes) -> list[bytes]:
+            return [data[i : i + 1] for i in range(len(data))]
+
+        outcome, closed, lines = self.exchange(stream, whole)
+        slowOutcome, slowClosed, _ = self.exchange(stream, byByte)
+
+        # A body arrives in as many pieces as it was read in.
+        def joined(o: list[object]) -> list[object]:
+            merged: list[object] = []
+            for item in o:
+                if (
+                    isinstance(item, tuple)
+                    and item[0] == "body"
+                    and merged
+                    and isinstance(merged[-1], tuple)
+                    and merged[-1][0] == "body"
+                ):
+                    merged[-1] = ("body", merged[-1][1] + item[1])
+                else:
+                    merged.append(item)
+            return merged
+
+        self.assertEqual((joined(outcome), closed), (joined(slowOutcome), slowClosed), stream)
+        return joined(outcome), lines
+
+    def test_sameOutcomes(self) -> None:
+        """
+        Every stream of L{RESPONSES} gives the same response, body, end or
+        failure, and connection state, read whole as read a byte at a time.
+        """
+        for stream in RESPONSES:
+            self.assertSame(stream)
+
+    def test_sameOutcomesSplit(self) -> None:
+        """
+        The same holds wherever a read ends.
+        """
+        for stream in RESPONSES[::4]:
+            for split in range(1, len(stream)):
+                self.assertSame(stream, split)
+
+    def test_plainHeadInOnePass(self) -> None:
+        """
+        A plain response head never goes through Twisted's line parser; the
+        response has its headers, the tokens of its C{Connection} header,
+        and its body.
+        """
+        outcome, lines = self.assertSame(RESPONSES[1][:-3] + b"hello")
+        self.assertEqual(lines, 0)
+        self.assertEqual(
+            outcome,
+            [
+                ((b"HTTP", 1, 1), 200, b"OK", [(b"X-A", [b"1", b"2"]), (b"ETag", [b"e"])], 5, [b"keep-alive", b"x-a"]),
+                ("body", b"hello"),
+                ("end", "ResponseDone"),
+            ],
+        )
+
+    def test_oddHeadLineByLine(self) -> None:
+        """
+        Line ends without CR, a folded line and a head larger than a line
+        may be are left to Twisted's parser.
+        """
+        for stream in (RESPONSES[19], RESPONSES[22], RESPONSES[-1]):
+            _, lines = self.assertSame(stream)
+            self.assertGreater(lines, 0)
