@@ -219,6 +219,24 @@ class OutpostChannel(HTTPChannel):
     _headerLines = b""
     _secure: bool | None = None
 
+    _peer: Any = None
+    _host: Any = None
+
+    # Asked for every request (Request.__init__); a connection's addresses
+    # never change, and asking the socket for its own is a system call.
+
+    def getPeer(self) -> Any:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
     def isSecure(self) -> bool:
         # Asked for every proxied request (X-Forwarded-Proto); the answer,
         # an interface adaptation of the transport, never changes.

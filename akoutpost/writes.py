@@ -12,7 +12,8 @@ write, for a socket that was writable all along.
 
 The transports here (L{EndOfTurnServer} for accepted connections,
 L{EndOfTurnClient} for upstream connections) instead send what they were
-given at the end of the current turn of the reactor (a C{callLater(0)}), so
+given at the end of the current turn of the reactor (one C{callLater(0)} a
+turn for all of them), so
 that everything written during one turn still leaves in one C{send}, and
 watch the socket only when the kernel took less than everything: then, and
 until the buffer is drained, they are ordinary Twisted transports.
@@ -25,13 +26,52 @@ request (docs/PERFORMANCE.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
+
+
+class _TurnEnd:
+    """
+    The transports of one reactor with writes to send at the end of its
+    current turn: one C{callLater(0)} a turn for all of them.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._pending: list[Callable[[], None]] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, f: Callable[[], None]) -> None:
+        """
+        Call C{f} at the end of this turn.
+        """
+        self._pending.append(f)
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f()
+
+
+#: The L{_TurnEnd} of each reactor (one in a process; more in tests).
+_turnEnds: dict[Any, _TurnEnd] = {}
+
+
+def _turnEnd(reactor: Any) -> _TurnEnd:
+    turnEnd = _turnEnds.get(reactor)
+    if turnEnd is None:
+        turnEnd = _turnEnds[reactor] = _TurnEnd(reactor)
+    return turnEnd
 
 
 class _EndOfTurnWrites:
@@ -41,12 +81,15 @@ class _EndOfTurnWrites:
 
     Mixed into subclasses of L{tcp.Connection}.
 
-    @ivar _flushCall: The pending end-of-turn send, if any.
+    @ivar _flushPending: Whether the transport waits for the end of the
+        turn.
     @ivar _watched: Whether the socket is watched for writability (the
         kernel took less than everything, or a client is still connecting).
     """
 
-    _flushCall: IDelayedCall | None = None
+    log = Logger()
+
+    _flushPending = False
     _watched = False
 
     # Attributes of tcp.Connection, for the type checker.
@@ -61,8 +104,9 @@ class _EndOfTurnWrites:
             # A client connecting waits for writability to learn that it is
             # connected; a full buffer waits for room.
             self._watch()
-        elif self._flushCall is None:
-            self._flushCall = self.reactor.callLater(0, self._flush)
+        elif not self._flushPending:
+            self._flushPending = True
+            _turnEnd(self.reactor).add(self._flush)
 
     def stopWriting(self) -> None:
         self._watched = False
@@ -73,23 +117,22 @@ class _EndOfTurnWrites:
         super().startWriting()  # type: ignore[misc]
 
     def _flush(self) -> None:
-        self._flushCall = None
+        self._flushPending = False
         if not self.connected or self._watched:
             return
-        why = self.doWrite()  # type: ignore[attr-defined]
+        try:
+            why = self.doWrite()  # type: ignore[attr-defined]
+        except BaseException as e:
+            # What the reactor does when doWrite raises.
+            self.log.failure("error while sending on {transport}", transport=self)
+            why = e
         if why:
             # What the reactor does with what doWrite returns.
             self.stopReading()  # type: ignore[attr-defined]
             self.stopWriting()
-            self.connectionLost(Failure(why))
+            self.connectionLost(Failure(why))  # type: ignore[attr-defined]
         elif self._tempDataBuffer or self.offset < len(self.dataBuffer):
             self._watch()
-
-    def connectionLost(self, reason: Failure) -> None:
-        call, self._flushCall = self._flushCall, None
-        if call is not None and call.active():
-            call.cancel()
-        super().connectionLost(reason)  # type: ignore[misc]
 
 
 class EndOfTurnServer(_EndOfTurnWrites, tcp.Server):
@@ -100,8 +143,40 @@ class EndOfTurnServer(_EndOfTurnWrites, tcp.Server):
 
 class EndOfTurnClient(_EndOfTurnWrites, tcp.Client):
     """
-    An outgoing TCP connection whose writes go out at the end of the turn.
+    An outgoing TCP connection whose writes go out at the end of the turn,
+    and whose pauses take effect at the end of the turn.
+
+    Twisted's HTTP client pauses a connection as soon as a response head is
+    parsed, and the proxy resumes it within the same turn, as soon as the
+    body has a reader: a pause that is over by the end of the turn never
+    reaches the reactor (two C{epoll_ctl} calls fewer per request).  While
+    paused, nothing is read: a read the reactor already reported for this
+    turn stops reading there and then.
+
+    @ivar _paused: Whether the connection is paused (L{pauseProducing}),
+        whether or not the reactor has been told yet.
     """
+
+    _paused = False
+
+    def pauseProducing(self) -> None:
+        if not self._paused:
+            self._paused = True
+            _turnEnd(self.reactor).add(self._pauseNow)
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        super().resumeProducing()
+
+    def _pauseNow(self) -> None:
+        if self._paused and self.connected:
+            self.stopReading()
+
+    def doRead(self) -> Any:
+        if self._paused:
+            self.stopReading()
+            return None
+        return super().doRead()
 
 
 class EndOfTurnConnector(tcp.Connector):

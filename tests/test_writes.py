@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -37,6 +38,17 @@ from akoutpost.writes import (
 )
 
 MiB = 1 << 20
+
+
+async def waitFor(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """
+    Wait until C{condition()} holds, for at most C{seconds}.
+    """
+    deadline = reactor.seconds() + seconds  # type: ignore[attr-defined]
+    while not condition():
+        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+            raise AssertionError(f"still not true after {seconds} s")
+        await deferLater(reactor, 0.01, lambda: None)
 
 
 class Collector(Protocol):
@@ -176,8 +188,7 @@ class EndOfTurnTests(TestCase):
         yield deferLater(reactor, 0, lambda: None)
         self.assertEqual(counter.sends, 1)
         client.transport.write(b"back")
-        while len(client.received) < 13 or len(server.received) < 4:
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: len(client.received) >= 13 and len(server.received) >= 4))
         self.assertEqual(bytes(client.received), b"one two three")
         self.assertEqual(bytes(server.received), b"back")
         self.assertEqual(watched, [])
@@ -255,6 +266,87 @@ class EndOfTurnTests(TestCase):
         self.assertIsInstance(reason, ConnectionLost)
         self.assertFalse(transport.connected)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
+    def test_failingSendAffectsOnlyItsConnection(self) -> Any:
+        """
+        A send that raises is logged and ends its own connection; the other
+        connections written to in the same turn still send.
+        """
+        accepted = self.listen()
+        first = yield self.connect()
+        firstServer = yield accepted
+        secondAccepted: defer.Deferred[Protocol] = defer.Deferred()
+        factory = self.port.factory
+        build = factory.buildProtocol
+
+        def buildSecond(addr: Any) -> Protocol:
+            built = build(addr)
+            make = built.makeConnection
+
+            def makeConnection(transport: Any) -> None:
+                make(transport)
+                secondAccepted.callback(built)
+
+            built.makeConnection = makeConnection  # type: ignore[method-assign]
+            return built
+
+        factory.buildProtocol = buildSecond
+        second = yield self.connect()
+        secondServer = yield secondAccepted
+
+        def broken() -> None:
+            raise RuntimeError("broken send")
+
+        firstServer.transport.doWrite = broken
+        firstServer.transport.write(b"lost")
+        secondServer.transport.write(b"sent")
+        reason = yield firstServer.done.addTimeout(10, reactor)
+        self.assertIsInstance(reason, RuntimeError)
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: len(second.received) >= 4))
+        self.assertEqual(bytes(second.received), b"sent")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        yield first.done
+
+    @defer.inlineCallbacks
+    def test_pauseOverWithinTheTurn(self) -> Any:
+        """
+        An outgoing connection paused and resumed within one turn is never
+        taken off the reactor's readers, and goes on receiving.
+        """
+        accepted = self.listen()
+        client = yield self.connect()
+        server = yield accepted
+        client.transport.pauseProducing()
+        client.transport.resumeProducing()
+        self.assertIn(client.transport, reactor.getReaders())  # type: ignore[attr-defined]
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertIn(client.transport, reactor.getReaders())  # type: ignore[attr-defined]
+        server.transport.write(b"data")
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: bytes(client.received) == b"data"))
+
+    @defer.inlineCallbacks
+    def test_pauseReadsNothing(self) -> Any:
+        """
+        A pause still in force at the end of the turn takes the connection
+        off the reactor's readers; nothing is read while it lasts, even a
+        read the reactor reported before, and everything after it resumes.
+        """
+        accepted = self.listen()
+        client = yield self.connect()
+        server = yield accepted
+        client.transport.pauseProducing()
+        server.transport.write(b"while paused")
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertNotIn(client.transport, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertEqual(bytes(client.received), b"")
+        # A read reported for the same turn as the pause.
+        client.transport.startReading()
+        self.assertIsNone(client.transport.doRead())
+        self.assertNotIn(client.transport, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertEqual(bytes(client.received), b"")
+        client.transport.resumeProducing()
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: bytes(client.received) == b"while paused"))
 
     @defer.inlineCallbacks
     def test_upstreamEndpoints(self) -> Any:
