@@ -287,7 +287,8 @@ def _wholeHead(parser: Any, data: bytes) -> bool:
     @return: Whether the head was parsed; if not, nothing was changed.
     """
     end = data.find(b"\r\n\r\n")
-    if end <= 0 or end > parser.MAX_LENGTH:
+    # (Twisted's parser counts a line's CR in its length limit.)
+    if end <= 0 or end >= parser.MAX_LENGTH:
         return False
     head = data[:end]
     lines = head.split(b"\r\n")

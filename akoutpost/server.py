@@ -266,6 +266,12 @@ class OutpostChannel(HTTPChannel):
         if self._refused:
             # Read and thrown away until the client closes (see refuse).
             return
+        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            # A connection the server is closing (idle, drained, or after a
+            # bad request) runs no more requests: over TLS, data still
+            # arrives until the client's close_notify, and HTTPChannel would
+            # run a request that came in more than one read.
+            return
         # A read that starts with a whole head (the usual case) is parsed in
         # one pass; anything else goes line by line through HTTPChannel.
         while (
@@ -296,6 +302,15 @@ class OutpostChannel(HTTPChannel):
             and not self.transport.disconnecting  # type: ignore[attr-defined]
         ):
             self._headCall = self.callLater(self.headerTimeout, self._headTimedOut)
+        elif (
+            self._headCall is not None
+            and self.line_mode
+            and not self._handlingRequest
+            and not (self._receivedHeaderSize or self._buffer)
+        ):
+            # What looked like the start of a head was the one empty line a
+            # client may send after a request (a CR, then its LF): idle.
+            self._cancelHeadCall()
 
     def _wholeHead(self, data: bytes) -> bytes | None:
         """

@@ -53,15 +53,24 @@ class _TurnEnd:
         Call C{f} at the end of this turn.
         """
         self._pending.append(f)
-        if self._call is None:
+        call = self._call
+        if call is None or not call.active():
             self._call = self._reactor.callLater(0, self._run)
 
     def _run(self) -> None:
         self._call = None
         pending, self._pending = self._pending, []
         for f in pending:
-            f()
+            # One connection's failure (its protocol's connectionLost
+            # raising, say) must not keep the others from sending, as the
+            # reactor keeps each connection's events apart.
+            try:
+                f()
+            except BaseException:
+                _log.failure("error at the end of the turn in {f}", f=f)
 
+
+_log = Logger()
 
 #: The L{_TurnEnd} of each reactor (one in a process; more in tests).
 _turnEnds: dict[Any, _TurnEnd] = {}

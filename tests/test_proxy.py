@@ -922,6 +922,10 @@ RESPONSES = (
     b"FOO/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
     b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    # A status line at and just under the line length limit (which counts
+    # the CR), then a head larger than a line may be.
+    b"HTTP/1.1 200 " + b"O" * 16370 + b"\r\n\r\n",
+    b"HTTP/1.1 200 " + b"O" * 16371 + b"\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX-Large: " + b"a" * 20000 + b"\r\nContent-Length: 0\r\n\r\n",
 )
 
@@ -1038,7 +1042,7 @@ class OnePassResponseHeadTests(TestCase):
         """
         The same holds wherever a read ends.
         """
-        for stream in RESPONSES[::4]:
+        for stream in [stream for stream in RESPONSES if len(stream) < 1000][::4]:
             for split in range(1, len(stream)):
                 self.assertSame(stream, split)
 

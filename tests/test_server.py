@@ -480,7 +480,9 @@ class OnePassHeadTests(SynchronousTestCase):
             HTTPChannel's C{lineReceived}.
         """
         clock = Clock()
-        site = OutpostSite(Echo(), reactor=clock, maxHeaderSize=self.maxHeaderSize, bodyLimit=Limits({b"limited.example": 100}))
+        site = OutpostSite(
+            Echo(), reactor=clock, maxHeaderSize=self.maxHeaderSize, bodyLimit=Limits({b"limited.example": 100})
+        )
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         channel.makeConnection(transport)
@@ -527,7 +529,7 @@ class OnePassHeadTests(SynchronousTestCase):
         The same holds wherever a read ends: every stream of L{HEADS} split
         in two at each position.
         """
-        for stream in HEADS[:: 5]:
+        for stream in HEADS[::5]:
             for split in range(1, len(stream)):
                 self.assertSameAnswers(stream, split=split)
 
@@ -553,6 +555,40 @@ class OnePassHeadTests(SynchronousTestCase):
         large = b"GET / HTTP/1.1\r\nX-Large: " + b"a" * self.maxHeaderSize + b"\r\n\r\n"
         answers, lines = self.assertSameAnswers(large)
         self.assertTrue(answers.startswith(b"HTTP/1.1 431 "), answers)
+
+    def test_closingConnectionReadsNoMore(self) -> None:
+        """
+        Once the server closes a connection (an idle timeout, a drain), a
+        request that still arrives on it (over TLS, data arrives until the
+        client's close_notify) is not run, whole or a byte at a time
+        (HTTPChannel alone runs it when it comes in more than one read).
+        """
+        late = b"POST /transfer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        for chunks in ([late], [late[i : i + 1] for i in range(len(late))]):
+            resource = Recorder()
+            site = OutpostSite(resource, reactor=Clock())
+            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+            channel.makeConnection(transport)
+            channel.dataReceived(HEADS[0])
+            answered = transport.value()
+            self.assertTrue(answered.startswith(b"HTTP/1.1 200 "), answered)
+            channel.loseConnection()
+            self.assertTrue(transport.disconnecting)
+            for chunk in chunks:
+                channel.dataReceived(chunk)
+            self.assertEqual([seen[:2] for seen in resource.seen], [(b"GET", b"/a?b=c")])
+            self.assertEqual(transport.value(), answered)
+
+    def test_emptyLineAfterRequestInTwoReads(self) -> None:
+        """
+        The one empty line a client may send after a request, its CR and LF
+        in two reads, leaves the connection idle, not in a head that times
+        out with 408.
+        """
+        answers, closed, _ = self.converse([HEADS[0] + b"\r", b"\n"])
+        self.assertEqual(answers.count(b"HTTP/1.1 "), 1, answers)
+        self.assertTrue(answers.startswith(b"HTTP/1.1 200 "), answers)
 
     def test_limits(self) -> None:
         """

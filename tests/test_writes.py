@@ -349,6 +349,45 @@ class EndOfTurnTests(TestCase):
         yield defer.Deferred.fromCoroutine(waitFor(lambda: bytes(client.received) == b"while paused"))
 
     @defer.inlineCallbacks
+    def test_failingCloseAffectsOnlyItsConnection(self) -> Any:
+        """
+        A protocol whose connectionLost raises, when its connection closes
+        at the end of a turn, is logged; the other connections written to in
+        that turn still send, then and later.
+        """
+        accepted = self.listen()
+        yield self.connect()
+        firstServer = yield accepted
+        secondAccepted: defer.Deferred[Protocol] = defer.Deferred()
+        build = self.port.factory.buildProtocol
+
+        def buildSecond(addr: Any) -> Protocol:
+            built = build(addr)
+            make = built.makeConnection
+
+            def makeConnection(transport: Any) -> None:
+                make(transport)
+                secondAccepted.callback(built)
+
+            built.makeConnection = makeConnection  # type: ignore[method-assign]
+            return built
+
+        self.port.factory.buildProtocol = buildSecond
+        second = yield self.connect()
+        secondServer = yield secondAccepted
+
+        def broken(reason: Failure) -> None:
+            raise RuntimeError("broken connectionLost")
+
+        firstServer.connectionLost = broken
+        firstServer.transport.loseConnection()
+        secondServer.transport.write(b"first ")
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: bytes(second.received) == b"first "))
+        secondServer.transport.write(b"second")
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: bytes(second.received) == b"first second"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
     def test_upstreamEndpoints(self) -> Any:
         """
         The endpoints the upstream agents use make end-of-turn connections.
