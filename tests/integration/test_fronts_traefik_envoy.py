@@ -185,7 +185,6 @@ class _FrontTests:
         reason = self.front.available()
         if reason is not None:
             case.skipTest(reason)
-        self.listenPort = freePort()
         if self.mode == "single":
             self.hosts = ("app.test",)
             self.authHost = ""
@@ -193,7 +192,7 @@ class _FrontTests:
         else:
             self.hosts = ("one.apps.test", "two.apps.test")
             self.authHost = "auth.apps.test"
-            self.stub = StubAuthServer("apps.test", f"{self.authHost}:{self.listenPort}")
+            self.stub = StubAuthServer("apps.test")
         stubPort = reactor.listenTCP(0, Site(self.stub), interface="127.0.0.1")
         case.addCleanup(stubPort.stopListening)
         self.echoSeen = []
@@ -202,18 +201,32 @@ class _FrontTests:
         names = [*self.hosts, *([self.authHost] if self.authHost else [])]
         self.browser = Browser(reactor, {name: "127.0.0.1" for name in names}, timeout=10)
         case.addCleanup(self.browser.close)
-        tmpdir = case.mktemp()
-        FilePath(tmpdir).makedirs()
-        setup = FrontSetup(
-            listenPort=self.listenPort,
-            outpostPort=stubPort.getHost().port,
-            upstreamPort=echoPort.getHost().port,
-            mode=self.mode,
-            appHosts=self.hosts,
-            authHost=self.authHost,
-            copyHeaders=("X-Interop",),
-        )
-        self.running = await self.front.start(reactor, tmpdir, setup)
+        # The front's port is chosen once the stub and the application
+        # listen, so that neither can be given it (the stub, answering the
+        # readiness probe on it, once passed for the front); and chosen
+        # again if someone else takes it before the front binds it.
+        for attempt in range(3):
+            self.listenPort = freePort()
+            if self.authHost:
+                self.stub.startHost = f"{self.authHost}:{self.listenPort}"
+            tmpdir = case.mktemp()
+            FilePath(tmpdir).makedirs()
+            setup = FrontSetup(
+                listenPort=self.listenPort,
+                outpostPort=stubPort.getHost().port,
+                upstreamPort=echoPort.getHost().port,
+                mode=self.mode,
+                appHosts=self.hosts,
+                authHost=self.authHost,
+                copyHeaders=("X-Interop",),
+            )
+            try:
+                self.running = await self.front.start(reactor, tmpdir, setup)
+            except FrontStartError as error:
+                if not error.portInUse or attempt == 2:
+                    raise
+            else:
+                break
         case.addCleanup(self.running.stop)
 
     def url(self, path: str, host: str | None = None) -> str:
