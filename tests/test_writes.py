@@ -388,6 +388,38 @@ class EndOfTurnTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @defer.inlineCallbacks
+    def test_pauseUndoneBySendNeverReachesReactor(self) -> Any:
+        """
+        A relay's upstream, paused because a chunk written to the client
+        went over the client's write buffer size, is resumed by the send at
+        the end of the same turn before its pause is applied: it never
+        leaves the reactor's readers (the sends of a turn come before its
+        pauses).
+        """
+        accepted = self.listen()
+        client = yield self.connect()
+        server = yield accepted
+        upstream = yield self.connect()
+        server.transport.bufferSize = 1024
+        server.transport.registerProducer(upstream.transport, True)
+        removed: list[object] = []
+        stop = upstream.transport.stopReading
+
+        def stopReading() -> None:
+            removed.append(True)
+            stop()
+
+        upstream.transport.stopReading = stopReading
+        server.transport.write(b"x" * 4096)
+        self.assertTrue(upstream.transport._paused)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertFalse(upstream.transport._paused)
+        self.assertEqual(removed, [])
+        self.assertIn(upstream.transport, reactor.getReaders())  # type: ignore[attr-defined]
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: len(client.received) == 4096))
+        server.transport.unregisterProducer()
+
+    @defer.inlineCallbacks
     def test_upstreamEndpoints(self) -> Any:
         """
         The endpoints the upstream agents use make end-of-turn connections.
