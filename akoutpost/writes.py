@@ -26,10 +26,11 @@ request (docs/PERFORMANCE.md).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
@@ -89,6 +90,9 @@ class _TurnEnd:
 
 
 _log = Logger()
+
+#: The most an upstream connection reads at a time, in a large body.
+MAX_READ_SIZE = 1 << 20
 
 #: The L{_TurnEnd} of each reactor (one in a process; more in tests).
 _turnEnds: dict[Any, _TurnEnd] = {}
@@ -164,8 +168,12 @@ class _EndOfTurnWrites:
 
 class EndOfTurnServer(_EndOfTurnWrites, tcp.Server):
     """
-    An accepted TCP connection whose writes go out at the end of the turn.
+    An accepted TCP connection whose writes go out at the end of the turn,
+    sending up to 1 MiB at a time (Twisted sends at most 128 KiB a call,
+    which would take a large relayed chunk eight trips through the reactor).
     """
+
+    SEND_LIMIT = 1 << 20
 
 
 class EndOfTurnClient(_EndOfTurnWrites, tcp.Client):
@@ -180,11 +188,21 @@ class EndOfTurnClient(_EndOfTurnWrites, tcp.Client):
     paused, nothing is read: a read the reactor already reported for this
     turn stops reading there and then.
 
+    It also reads more at a time while every read fills its buffer (a large
+    body: up to L{MAX_READ_SIZE} instead of the protocol's C{bufferSize}),
+    and goes back to C{bufferSize} after a read that does not, so that a
+    small answer never pays for a large buffer.  A 1 GiB download through
+    the outpost took 8,192 trips through the relay, now about 1,000: it costs
+    the outpost less than half the CPU time it did.
+
     @ivar _paused: Whether the connection is paused (L{pauseProducing}),
         whether or not the reactor has been told yet.
+    @ivar _readSize: The size of the next read while it is larger than
+        C{bufferSize}, else 0.
     """
 
     _paused = False
+    _readSize = 0
 
     def pauseProducing(self) -> None:
         if not self._paused:
@@ -203,7 +221,22 @@ class EndOfTurnClient(_EndOfTurnWrites, tcp.Client):
         if self._paused:
             self.stopReading()
             return None
-        return super().doRead()
+        # tcp.Connection.doRead, reading more at a time while every read
+        # fills the buffer (a large body), back to the protocol's size after
+        # one that does not.
+        size = self._readSize or self.bufferSize
+        try:
+            data = self.socket.recv(size)
+        except OSError as e:
+            if e.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if len(data) == size:
+            if size < MAX_READ_SIZE:
+                self._readSize = size * 2
+        elif self._readSize:
+            self._readSize = 0
+        return self._dataReceived(data)
 
 
 class EndOfTurnConnector(tcp.Connector):

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from akoutpost.upstreams import UpstreamEndpoints
 from akoutpost.writes import (
+    MAX_READ_SIZE,
     EndOfTurnClient,
     EndOfTurnConnecting,
     EndOfTurnServer,
@@ -66,6 +67,20 @@ class Collector(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(reason.value)
+
+
+class Chunked(Collector):
+    """
+    A collector that also notes the size of each read.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+        super().dataReceived(data)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -418,6 +433,30 @@ class EndOfTurnTests(TestCase):
         self.assertIn(upstream.transport, reactor.getReaders())  # type: ignore[attr-defined]
         yield defer.Deferred.fromCoroutine(waitFor(lambda: len(client.received) == 4096))
         server.transport.unregisterProducer()
+
+    @defer.inlineCallbacks
+    def test_readsGrowForLargeBodies(self) -> Any:
+        """
+        An outgoing connection whose reads fill the buffer reads more at a
+        time (up to L{MAX_READ_SIZE}), and goes back to its own size after a
+        read that does not; every byte arrives, in order.
+        """
+        accepted = self.listen()
+        client = yield self.connect(Chunked)
+        server = yield accepted
+        base = client.transport.bufferSize
+        client.transport.pauseProducing()
+        data = hashlib.sha256(b"large").digest() * (16 * MiB // 32)
+        server.transport.write(data)
+        yield deferLater(reactor, 0.1, lambda: None)
+        client.transport.resumeProducing()
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: len(client.received) == len(data)))
+        self.assertEqual(hashlib.sha256(client.received).digest(), hashlib.sha256(data).digest())
+        self.assertGreater(max(client.sizes), base)
+        self.assertLessEqual(max(client.sizes), MAX_READ_SIZE)
+        server.transport.write(b"small")
+        yield defer.Deferred.fromCoroutine(waitFor(lambda: len(client.received) == len(data) + 5))
+        self.assertEqual(client.transport._readSize, 0)
 
     @defer.inlineCallbacks
     def test_upstreamEndpoints(self) -> Any:
