@@ -444,7 +444,8 @@ class EndOfTurnTests(TestCase):
         accepted = self.listen()
         client = yield self.connect(Chunked)
         server = yield accepted
-        base = client.transport.bufferSize
+        # Not a power of two: the reads still stop at MAX_READ_SIZE.
+        base = client.transport.bufferSize = 100_000
         client.transport.pauseProducing()
         data = hashlib.sha256(b"large").digest() * (16 * MiB // 32)
         server.transport.write(data)
@@ -457,6 +458,25 @@ class EndOfTurnTests(TestCase):
         server.transport.write(b"small")
         yield defer.Deferred.fromCoroutine(waitFor(lambda: len(client.received) == len(data) + 5))
         self.assertEqual(client.transport._readSize, 0)
+
+    @defer.inlineCallbacks
+    def test_lastingPauseShrinksReads(self) -> Any:
+        """
+        A pause still in force at the end of the turn (a client slower than
+        its upstream) brings the reads back to the connection's buffer size,
+        which bounds what that client is handed at a time.
+        """
+        self.listen()
+        client = yield self.connect()
+        client.transport._readSize = MAX_READ_SIZE
+        client.transport.pauseProducing()
+        client.transport.resumeProducing()
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(client.transport._readSize, MAX_READ_SIZE)
+        client.transport.pauseProducing()
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(client.transport._readSize, 0)
+        client.transport.resumeProducing()
 
     @defer.inlineCallbacks
     def test_upstreamEndpoints(self) -> Any:
