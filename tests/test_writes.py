@@ -148,14 +148,17 @@ class EndOfTurnTests(TestCase):
     L{EndOfTurnClient} connections, on 127.0.0.1.
     """
 
+    _waiting: list[defer.Deferred[Protocol]]
+
     def listen(self, protocol: type[Protocol] = Collector) -> defer.Deferred[Protocol]:
         """
         Listen on 127.0.0.1 with end-of-turn writes.
 
         @return: A Deferred firing with the protocol of the first accepted
-            connection; the port is in C{self.port}.
+            connection (L{nextAccepted} for the next ones); the port is in
+            C{self.port}.
         """
-        accepted: defer.Deferred[Protocol] = defer.Deferred()
+        waiting = self._waiting = []
 
         class Accepting(Factory):
             def buildProtocol(self, addr: Any) -> Protocol:
@@ -164,16 +167,25 @@ class EndOfTurnTests(TestCase):
 
                 def makeConnection(transport: Any) -> None:
                     make(transport)
-                    if not accepted.called:
-                        accepted.callback(built)
+                    if waiting:
+                        waiting.pop(0).callback(built)
 
                 built.makeConnection = makeConnection  # type: ignore[method-assign]
                 return built
 
+        accepted = self.nextAccepted()
         self.port = reactor.listenTCP(0, Accepting(), interface="127.0.0.1")  # type: ignore[attr-defined]
         acceptWithEndOfTurnWrites(self.port)
         self.addCleanup(self.port.stopListening)
         return accepted
+
+    def nextAccepted(self) -> defer.Deferred[Protocol]:
+        """
+        A Deferred firing with the protocol of the next connection accepted.
+        """
+        d: defer.Deferred[Protocol] = defer.Deferred()
+        self._waiting.append(d)
+        return d
 
     @defer.inlineCallbacks
     def connect(self, protocol: type[Protocol] = Collector) -> Any:
@@ -291,22 +303,7 @@ class EndOfTurnTests(TestCase):
         accepted = self.listen()
         first = yield self.connect()
         firstServer = yield accepted
-        secondAccepted: defer.Deferred[Protocol] = defer.Deferred()
-        factory = self.port.factory
-        build = factory.buildProtocol
-
-        def buildSecond(addr: Any) -> Protocol:
-            built = build(addr)
-            make = built.makeConnection
-
-            def makeConnection(transport: Any) -> None:
-                make(transport)
-                secondAccepted.callback(built)
-
-            built.makeConnection = makeConnection  # type: ignore[method-assign]
-            return built
-
-        factory.buildProtocol = buildSecond
+        secondAccepted = self.nextAccepted()
         second = yield self.connect()
         secondServer = yield secondAccepted
 
@@ -373,21 +370,7 @@ class EndOfTurnTests(TestCase):
         accepted = self.listen()
         yield self.connect()
         firstServer = yield accepted
-        secondAccepted: defer.Deferred[Protocol] = defer.Deferred()
-        build = self.port.factory.buildProtocol
-
-        def buildSecond(addr: Any) -> Protocol:
-            built = build(addr)
-            make = built.makeConnection
-
-            def makeConnection(transport: Any) -> None:
-                make(transport)
-                secondAccepted.callback(built)
-
-            built.makeConnection = makeConnection  # type: ignore[method-assign]
-            return built
-
-        self.port.factory.buildProtocol = buildSecond
+        secondAccepted = self.nextAccepted()
         second = yield self.connect()
         secondServer = yield secondAccepted
 
