@@ -181,7 +181,7 @@ class _EndOfTurnWrites:
             self.stopReading()  # type: ignore[attr-defined]
             self.stopWriting()
             self.connectionLost(Failure(why))  # type: ignore[attr-defined]
-        elif self._tempDataBuffer or self.offset < len(self.dataBuffer):
+        elif self._unsent():
             self._watch()
 
 
