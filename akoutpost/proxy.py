@@ -34,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from akoutpost.metrics import ProviderMetrics
 from akoutpost.pages import renderPage
-from akoutpost.server import OutpostRequest
+from akoutpost.server import OutpostRequest, plainHead
 from akoutpost.tunnel import tunnel
 
 with warnings.catch_warnings():
@@ -286,15 +286,14 @@ def _wholeHead(parser: Any, data: bytes) -> bool:
 
     @return: Whether the head was parsed; if not, nothing was changed.
     """
-    end = data.find(b"\r\n\r\n")
+    plain = plainHead(data)
+    if plain is None:
+        return False
+    end, lines = plain
     # (Twisted's parser counts a line's CR in its length limit.)
-    if end <= 0 or end >= parser.MAX_LENGTH:
+    if end >= parser.MAX_LENGTH:
         return False
-    head = data[:end]
-    lines = head.split(b"\r\n")
     count = len(lines) - 1
-    if head.count(b"\n") != count or head.count(b"\r") != count or b"\r\n " in head or b"\r\n\t" in head:
-        return False
     parser._everReceivedData = True
     parser._busyReceiving = True
     try:

@@ -44,6 +44,28 @@ _FRAMING = frozenset((b"Content-Length", b"Transfer-Encoding"))
 _log = Logger()
 
 
+def plainHead(data: bytes) -> tuple[int, list[bytes]] | None:
+    """
+    The head at the start of C{data}, if it is whole and plain enough to be
+    parsed in one pass (by L{OutpostChannel} for requests, by the proxy for
+    upstream responses): every line ends in CR LF, no CR or LF stands
+    anywhere else, no line is folded, and it does not start with an empty
+    line.  Anything else is left to Twisted's line parsers.
+
+    @return: Where the head ends (its empty line starts at C{end + 2}) and
+        its lines, or L{None}.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or data.startswith(b"\r\n"):
+        return None
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    count = len(lines) - 1
+    if head.count(b"\r") != count or head.count(b"\n") != count or b"\r\n " in head or b"\r\n\t" in head:
+        return None
+    return end, lines
+
+
 _date: list[Any] = [0, b""]
 
 
@@ -266,7 +288,7 @@ class OutpostChannel(HTTPChannel):
         if self._refused:
             # Read and thrown away until the client closes (see refuse).
             return
-        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+        if self._closing():
             # A connection the server is closing (idle, drained, or after a
             # bad request) runs no more requests: over TLS, data still
             # arrives until the client's close_notify, and HTTPChannel would
@@ -286,7 +308,7 @@ class OutpostChannel(HTTPChannel):
             if rest is None:
                 break
             data = rest
-            if not data or self._refused or self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            if not data or self._refused or self._closing():
                 return
         super().dataReceived(data)
         if (
@@ -298,8 +320,7 @@ class OutpostChannel(HTTPChannel):
             # Part of a head: a line of it (HTTPChannel counts their bytes
             # until the request is complete) or the start of one.
             and (self._receivedHeaderSize or self._buffer)
-            and self.transport is not None
-            and not self.transport.disconnecting  # type: ignore[attr-defined]
+            and not self._closing()
         ):
             self._headCall = self.callLater(self.headerTimeout, self._headTimedOut)
         elif (
@@ -311,6 +332,9 @@ class OutpostChannel(HTTPChannel):
             # What looked like the start of a head was the one empty line a
             # client may send after a request (a CR, then its LF): idle.
             self._cancelHeadCall()
+
+    def _closing(self) -> bool:
+        return self.transport is None or bool(self.transport.disconnecting)  # type: ignore[attr-defined]
 
     def _wholeHead(self, data: bytes) -> bytes | None:
         """
@@ -324,24 +348,18 @@ class OutpostChannel(HTTPChannel):
             line, too large, too many headers), and HTTPChannel must parse
             it.
         """
-        end = data.find(b"\r\n\r\n")
-        if end <= 0 or data.startswith(b"\r\n"):
+        plain = plainHead(data)
+        if plain is None:
             return None
-        head = data[:end]
-        lines = head.split(b"\r\n")
+        end, lines = plain
         count = len(lines) - 1
         size = end - 2 * count
         if (
             size > self.totalHeadersSize
             or size > self.MAX_LENGTH
             or count > self.maxHeaders
-            or b"\r\n " in head
-            or b"\r\n\t" in head
-            # A NUL, or a CR or LF that does not end a line, anywhere:
-            # HTTPChannel finds which line and answers.
-            or b"\x00" in head
-            or head.count(b"\r") != count
-            or head.count(b"\n") != count
+            # A NUL anywhere: HTTPChannel finds which line and answers.
+            or b"\x00" in data[:end]
         ):
             return None
         self.resetTimeout()
